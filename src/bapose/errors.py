@@ -1,0 +1,35 @@
+"""Exceptions that name the file, the field and what was expected.
+
+Every user-facing failure in bapose raises one of these (never a bare traceback deep inside a worker), so callers
+and CLIs can print a one-line, actionable message.
+"""
+
+from __future__ import annotations
+
+
+class BAPoseError(Exception):
+    """Base class of every error bapose raises on purpose."""
+
+
+class DataError(BAPoseError, ValueError):
+    """A dataset, annotation or image is missing or malformed."""
+
+
+class ConfigError(BAPoseError, ValueError):
+    """A configuration value is invalid (unknown key, wrong type, impossible value)."""
+
+
+class CheckpointError(BAPoseError, RuntimeError):
+    """A checkpoint is unreadable, truncated, or belongs to another model."""
+
+
+def where(file: object = None, field: str | None = None, ann_id: object = None) -> str:
+    """Format the location part of an error message: ``file 'x.json', annotation id 7, field 'keypoints'``."""
+    parts = []
+    if file is not None:
+        parts.append(f"file '{file}'")
+    if ann_id is not None:
+        parts.append(f"annotation id {ann_id}")
+    if field is not None:
+        parts.append(f"field '{field}'")
+    return ", ".join(parts)
