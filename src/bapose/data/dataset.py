@@ -1,0 +1,301 @@
+"""COCO-format keypoint datasets (COCO 2017, CrowdPose, generated sets, any custom K) read with pycocotools.
+
+Everything that can be wrong with the annotation file or the image folder is checked when the dataset is built, so a
+run fails before training starts with a message naming the file, annotation id and field. Per sample, the dataset
+reads the image with OpenCV, builds the ignore mask (crowd regions and people without labelled keypoints), applies
+the training augmentation and encodes the codec targets — inside the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bapose.data.metadata import DatasetMeta
+from bapose.data.transforms import EvalTransform, TrainTransform
+from bapose.errors import ConfigError, DataError, where
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CocoKeypointDataset", "KeypointEncoder", "load_coco_keypoint_json", "read_image"]
+
+_MAX_LISTED = 5  # how many missing image paths an error message names
+
+
+class KeypointEncoder(Protocol):
+    """What the dataset needs of ``bapose.codecs.BAPoseCodec``."""
+
+    def encode(self, keypoints: np.ndarray, areas: np.ndarray,
+               ignore_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; a missing, empty or undecodable file raises DataError naming it."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise DataError(f"{where(path)}: image cannot be read ({err.strerror}); expected an image file") from None
+    if size == 0:
+        raise DataError(f"{where(path)}: image file is empty (0 bytes); expected a JPEG/PNG image")
+    # IMREAD_COLOR drops alpha and expands grey so every sample has 3 channels
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise DataError(f"{where(path)}: image is corrupt or not in a format OpenCV can decode "
+                        f"({size} bytes); expected a JPEG/PNG image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def load_coco_keypoint_json(ann_file: str | os.PathLike) -> dict:
+    """Load and check the top-level structure of a COCO keypoint json; DataError says what is wrong."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DataError(f"{where(ann_file)}: annotation file not found; expected a COCO keypoint json")
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{where(ann_file)}: not valid JSON ({err}); expected a COCO keypoint json") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{where(ann_file)}: top level is a {type(data).__name__}; expected a COCO keypoint json "
+                        "object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            got = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise DataError(f"{where(ann_file, key)}: {got}; expected a list (is this a COCO keypoint json?)")
+    if not any(isinstance(c, dict) and "keypoints" in c for c in data["categories"]):
+        raise DataError(f"{where(ann_file, 'categories')}: no category has a 'keypoints' list; expected a COCO "
+                        "keypoint json (this looks like a detection/caption file)")
+    for i, img in enumerate(data["images"]):
+        missing = [k for k in ("id", "file_name") if k not in img]
+        if missing:
+            raise DataError(f"{where(ann_file, 'images')}: entry {i} lacks {missing}; expected 'id' and 'file_name'")
+    for ann in data["annotations"]:
+        missing = [k for k in ("id", "image_id", "keypoints") if k not in ann]
+        if missing:
+            raise DataError(f"{where(ann_file, 'annotations', ann.get('id'))}: lacks {missing}; expected 'id', "
+                            "'image_id' and 'keypoints'")
+    return data
+
+
+class CocoKeypointDataset(Dataset):
+    """Multi-person keypoint samples from a COCO-format json.
+
+    Args:
+        ann_file: COCO keypoint json.
+        image_dir: folder the json's ``file_name`` entries are relative to.
+        meta: joint set; None reads it from the json's keypoint category (``DatasetMeta.from_coco_category``).
+        codec: encodes training targets (``BAPoseCodec``); needed when ``train``.
+        transform: ``TrainTransform`` (train) or ``EvalTransform`` (eval); None builds the default from
+            ``input_size`` (training defaults: DEKR's augmentation).
+        train: training samples (augmented, targets encoded, only images with a labelled person) or evaluation
+            samples (resized, every image).
+        on_bad_sample: "raise" a DataError on a missing/corrupt image, or "skip" it (logged, counted) and drop
+            missing images at setup.
+        input_size: used only when ``transform`` is None.
+        size_divisor: eval padding multiple, used only when ``transform`` is None.
+
+    A training sample: ``image`` uint8 (3, S, S), ``heatmaps`` (K+1, h, w), ``heatmap_weights`` (K+1, h, w),
+    ``offsets`` (2K, h, w), ``offset_weights`` (1, h, w) float32, ``image_id`` int.
+    An eval sample: ``image`` uint8 (3, H, W), ``image_id``, ``input_to_orig`` (2, 3) float32, ``orig_size`` (2,)
+    and ``valid_size`` (2,) int64 (h, w).
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, meta: DatasetMeta | None = None,
+                 codec: KeypointEncoder | None = None, transform: TrainTransform | EvalTransform | None = None,
+                 train: bool = True, on_bad_sample: str = "raise", input_size: int = 512,
+                 size_divisor: int = 32) -> None:
+        if on_bad_sample not in ("raise", "skip"):
+            raise ConfigError(f"field 'on_bad_sample' is '{on_bad_sample}'; expected 'raise' or 'skip'")
+        if train and codec is None:
+            raise ConfigError(f"{where(ann_file)}: a training dataset needs a codec to encode targets")
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.train = bool(train)
+        self.on_bad_sample = on_bad_sample
+        self.codec = codec
+        self.num_skipped = 0
+
+        data = load_coco_keypoint_json(self.ann_file)
+        category = next(c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c)
+        self.category_id = category.get("id")
+        file_meta_k = len(category["keypoints"])
+        self.meta = meta if meta is not None else DatasetMeta.from_coco_category(category)
+        k = self.meta.num_keypoints
+        if file_meta_k != k:
+            raise DataError(f"{where(self.ann_file, 'categories.keypoints')}: {file_meta_k} joint names; expected "
+                            f"{k} for dataset '{self.meta.name}'")
+        if transform is None:
+            transform = (TrainTransform(input_size, self.meta.flip_index) if train
+                         else EvalTransform(input_size, size_divisor))
+        self.transform = transform
+
+        self._index(data)
+        self._check_images()
+
+    # ---------------------------------------------------------------------------------------------- setup checks
+    def _index(self, data: dict) -> None:
+        """Flat per-annotation arrays and per-image annotation lists (cheap to index inside workers)."""
+        k = self.meta.num_keypoints
+        anns = [a for a in data["annotations"]
+                if self.category_id is None or a.get("category_id", self.category_id) == self.category_id]
+        for a in anns:
+            kp = a["keypoints"]
+            if not isinstance(kp, list) or len(kp) != 3 * k:
+                got = f"{len(kp)} numbers" if isinstance(kp, list) else f"a {type(kp).__name__}"
+                raise DataError(f"{where(self.ann_file, 'keypoints', a['id'])}: {got}; expected {3 * k} "
+                                f"(x, y, v for each of {k} joints)")
+        try:
+            keypoints = np.asarray([a["keypoints"] for a in anns], dtype=np.float32).reshape(len(anns), k, 3)
+        except (TypeError, ValueError):
+            bad = next(a for a in anns if not all(isinstance(v, (int, float)) for v in a["keypoints"]))
+            raise DataError(f"{where(self.ann_file, 'keypoints', bad['id'])}: contains non-numbers; expected "
+                            f"{3 * k} numbers") from None
+        self._keypoints = keypoints
+        self._labelled = (keypoints[..., 2] > 0).any(axis=1) if len(anns) else np.zeros(0, bool)
+        self._iscrowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        self._areas = np.asarray([self._area(a) for a in anns], dtype=np.float32)
+        self._ann_ids = [a["id"] for a in anns]
+
+        self._images: dict[Any, dict] = {img["id"]: img for img in data["images"]}
+        per_image: dict[Any, list[int]] = {i: [] for i in self._images}
+        for j, a in enumerate(anns):
+            if a["image_id"] not in per_image:
+                raise DataError(f"{where(self.ann_file, 'image_id', a['id'])}: image id {a['image_id']} is not in "
+                                "'images'; expected an existing image id")
+            per_image[a["image_id"]].append(j)
+        self._per_image = {i: np.asarray(v, dtype=np.int64) for i, v in per_image.items()}
+        # masks are rare (crowds, unlabelled people): keep only their segmentations, not the whole json
+        self._segmentations = {j: a["segmentation"] for j, a in enumerate(anns)
+                               if (self._iscrowd[j] or not self._labelled[j]) and a.get("segmentation")}
+
+        ids = list(self._images)
+        if self.train:
+            # DEKR trains only on images showing at least one person with labelled keypoints
+            ids = [i for i in ids if any(self._labelled[j] and not self._iscrowd[j] for j in self._per_image[i])]
+        self.ids = ids
+
+    @staticmethod
+    def _area(ann: Mapping) -> float:
+        """Person area: the json's ``area``; else the polygon area of ``segmentation``; else bbox w*h (CrowdPose)."""
+        if "area" in ann:
+            return float(ann["area"])
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
+            total = 0.0
+            for poly in seg:
+                xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                total += 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
+            return total
+        if "bbox" in ann and len(ann["bbox"]) == 4:
+            return float(ann["bbox"][2]) * float(ann["bbox"][3])
+        return 0.0
+
+    def _image_path(self, image_id: Any) -> Path:
+        return self.image_dir / self._images[image_id]["file_name"]
+
+    def _check_images(self) -> None:
+        missing = [i for i in self.ids if not self._image_path(i).is_file()]
+        if not missing:
+            return
+        listed = ", ".join(f"'{self._image_path(i)}'" for i in missing[:_MAX_LISTED])
+        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        msg = (f"{where(self.ann_file)}: {len(missing)} of {len(self.ids)} images are missing under "
+               f"'{self.image_dir}': {listed}{more}")
+        if self.on_bad_sample == "raise":
+            raise DataError(msg + "; expected every image listed in 'images' to exist")
+        log.warning("%s; skipping them (on_bad_sample='skip')", msg)
+        gone = set(missing)
+        self.ids = [i for i in self.ids if i not in gone]
+        self.num_skipped += len(missing)
+
+    # ---------------------------------------------------------------------------------------------- samples
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def annotations(self, image_id: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """People and ignore mask of one image, in original pixels.
+
+        Returns:
+            keypoints (N, K, 3) float32 of the non-crowd people with labelled keypoints, their areas (N,), and the
+            (H, W) bool ignore mask (crowd regions and people without labelled keypoints) or None when empty.
+        """
+        idx = self._per_image[image_id]
+        keep = idx[self._labelled[idx] & ~self._iscrowd[idx]]
+        masked = [j for j in idx if j in self._segmentations]
+        mask = None
+        if masked:
+            info = self._images[image_id]
+            h, w = int(info["height"]), int(info["width"])
+            mask = np.zeros((h, w), dtype=bool)
+            for j in masked:
+                mask |= self._segmentation_mask(self._segmentations[j], h, w, j)
+        return self._keypoints[keep], self._areas[keep], mask
+
+    def _segmentation_mask(self, seg: Any, h: int, w: int, j: int) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        try:
+            if isinstance(seg, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):  # uncompressed RLE (COCO crowds)
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = dict(seg)
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+            return mask_utils.decode(rle).astype(bool).reshape(h, w)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            raise DataError(f"{where(self.ann_file, 'segmentation', self._ann_ids[j])}: unreadable ({err}); "
+                            "expected polygons or RLE") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.ids)):
+            image_id = self.ids[(index + attempt) % len(self.ids)]
+            path = self._image_path(image_id)
+            try:
+                image = read_image(path)
+            except DataError as err:
+                if self.on_bad_sample == "raise":
+                    raise
+                self.num_skipped += 1
+                log.warning("skipped bad image %d time(s) in this worker, latest: %s", self.num_skipped, err)
+                continue
+            return self._train_sample(image_id, image) if self.train else self._eval_sample(image_id, image)
+        raise DataError(f"{where(self.ann_file)}: every image under '{self.image_dir}' is unreadable")
+
+    def _train_sample(self, image_id: Any, image: np.ndarray) -> dict[str, Any]:
+        keypoints, areas, mask = self.annotations(image_id)
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DataError(f"{where(self._image_path(image_id))}: image is {image.shape[1]}x{image.shape[0]} but "
+                            f"{where(self.ann_file, 'images')} says {mask.shape[1]}x{mask.shape[0]} (width x height)")
+        # workers are seeded by torch (and Lightning's seed_everything): derive numpy's stream from torch's
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        out = self.transform(image, keypoints, areas, mask, rng=rng)
+        targets = self.codec.encode(out["keypoints"], out["areas"], out["ignore_mask"])
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))}
+        for name in ("heatmaps", "heatmap_weights", "offsets", "offset_weights"):
+            sample[name] = torch.from_numpy(np.ascontiguousarray(targets[name], dtype=np.float32))
+        sample["image_id"] = image_id
+        return sample
+
+    def _eval_sample(self, image_id: Any, image: np.ndarray) -> dict[str, Any]:
+        out = self.transform(image)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "image_id": image_id,
+            "input_to_orig": torch.as_tensor(out["input_to_orig"], dtype=torch.float32),
+            "orig_size": torch.as_tensor(out["orig_size"], dtype=torch.int64),
+            "valid_size": torch.as_tensor(out["valid_size"], dtype=torch.int64),
+        }

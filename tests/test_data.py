@@ -1,0 +1,210 @@
+"""CocoKeypointDataset on the real sample data: annotations, ignore masks, targets, and every bad-input message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bapose.codecs import BAPoseCodec
+from bapose.data.dataset import CocoKeypointDataset, read_image
+from bapose.data.metadata import DatasetMeta
+from bapose.data.transforms import AffineParams, EvalTransform, TrainTransform
+from bapose.errors import DataError
+
+SIZE = 128
+
+
+def _coco(coco_sample: Path) -> tuple[Path, Path]:
+    return coco_sample / "test_coco.json", coco_sample
+
+
+def _copy_sample(src: Path, dst: Path, json_name: str) -> dict:
+    for f in src.glob("*.jpg"):
+        shutil.copy(f, dst / f.name)
+    return json.loads((src / json_name).read_text())
+
+
+def test_coco_sample_annotations_and_meta(coco_sample: Path) -> None:
+    ann, images = _coco(coco_sample)
+    ds = CocoKeypointDataset(ann, images, codec=BAPoseCodec(SIZE), train=True, input_size=SIZE)
+    assert ds.meta.name == "coco" and ds.meta.num_keypoints == 17
+    assert len(ds) == 4  # every sample image shows a person with labelled keypoints
+    kp, areas, mask = ds.annotations(40083)
+    # 3 annotations: 2 with keypoints, id 1202706 has num_keypoints 0 -> only in the ignore mask
+    assert kp.shape == (2, 17, 3) and areas.tolist() == pytest.approx([11025.219, 10171.9544])
+    info = next(i for i in json.loads(ann.read_text())["images"] if i["id"] == 40083)
+    assert mask is not None and mask.shape == (info["height"], info["width"])
+    assert mask.sum() == pytest.approx(491.2669, rel=0.15)  # the polygon's area, rasterised
+    ys, xs = np.nonzero(mask)
+    assert 275 <= xs.min() and xs.max() <= 286 and 126 <= ys.min() and ys.max() <= 195  # inside its bbox
+    kp785, _, mask785 = ds.annotations(785)
+    assert kp785.shape == (1, 17, 3) and mask785 is None
+
+
+def test_crowdpose_json_without_area_uses_bbox_area(crowdpose_sample: Path) -> None:
+    ds = CocoKeypointDataset(crowdpose_sample / "test_crowdpose.json", crowdpose_sample,
+                             codec=BAPoseCodec(SIZE), train=True, input_size=SIZE)
+    assert ds.meta.name == "crowdpose" and ds.meta.num_keypoints == 14
+    kp, areas, mask = ds.annotations(106848)
+    assert kp.shape == (2, 14, 3)
+    assert areas.tolist() == pytest.approx([273.15 * 352.42, 244.5 * 349.72], rel=1e-5)
+    assert mask is None  # no segmentation in CrowdPose: nothing to rasterise (as DEKR)
+    sample = ds[0]
+    assert sample["heatmaps"].shape == (15, SIZE // 4, SIZE // 4)
+    assert sample["offsets"].shape == (28, SIZE // 4, SIZE // 4)
+
+
+def test_training_sample_shapes_and_targets_follow_keypoints(coco_sample: Path) -> None:
+    ann, images = _coco(coco_sample)
+    codec = BAPoseCodec(SIZE)
+    ds = CocoKeypointDataset(ann, images, codec=codec, train=True, input_size=SIZE)
+    torch.manual_seed(0)
+    s = ds[ds.ids.index(785)]
+    assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, SIZE, SIZE)
+    assert s["heatmaps"].shape == s["heatmap_weights"].shape == (18, 32, 32)
+    assert s["offsets"].shape == (34, 32, 32) and s["offset_weights"].shape[1:] == (32, 32)
+    assert all(s[k].dtype == torch.float32 for k in ("heatmaps", "heatmap_weights", "offsets", "offset_weights"))
+    assert s["image_id"] == 785
+    # a deterministic, unaugmented view: the heatmap peaks sit on the transformed keypoints
+    ds.transform = TrainTransform(SIZE, ds.meta.flip_index)
+    fixed = AffineParams(scale=1.0, rotation=0.0)
+    kp, areas, mask = ds.annotations(785)
+    out = ds.transform(read_image(images / "000000000785.jpg"), kp, areas, mask, params=fixed)
+    targets = codec.encode(out["keypoints"], out["areas"], out["ignore_mask"])
+    vis = (out["keypoints"][0, :, 2] > 0) & (out["keypoints"][0, :, :2] >= 0).all(-1) & \
+          (out["keypoints"][0, :, :2] < SIZE).all(-1)
+    for k in np.nonzero(vis)[0]:
+        hm = targets["heatmaps"][k]
+        gy, gx = np.unravel_index(hm.argmax(), hm.shape)
+        expected = codec.to_grid(out["keypoints"][0, k, :2])
+        assert abs(gx - expected[0]) <= 1 and abs(gy - expected[1]) <= 1
+
+
+def test_crowd_region_gets_zero_heatmap_weight(coco_sample: Path, tmp_path: Path) -> None:
+    """The sample has no iscrowd annotation: add an RLE crowd box and check the encoded weights vanish there."""
+    from pycocotools import mask as mask_utils
+
+    data = _copy_sample(coco_sample, tmp_path, "test_coco.json")
+    img = next(i for i in data["images"] if i["id"] == 785)
+    h, w = img["height"], img["width"]
+    crowd = np.zeros((h, w), np.uint8, order="F")
+    crowd[50:250, 20:200] = 1
+    rle = mask_utils.encode(crowd)
+    rle["counts"] = rle["counts"].decode("ascii")
+    data["annotations"].append({"id": 9001, "image_id": 785, "category_id": 1, "iscrowd": 1, "area": 36000.0,
+                                "bbox": [20, 50, 180, 200], "segmentation": rle, "num_keypoints": 0,
+                                "keypoints": [0] * 51})
+    ann = tmp_path / "crowd.json"
+    ann.write_text(json.dumps(data))
+    codec = BAPoseCodec(SIZE)
+    ds = CocoKeypointDataset(ann, tmp_path, codec=codec, train=True, input_size=SIZE)
+    kp, _, mask = ds.annotations(785)
+    assert kp.shape[0] == 1  # the crowd is not a person
+    assert mask.sum() == 200 * 180 and mask[50:250, 20:200].all()
+    out = ds.transform(read_image(tmp_path / "000000000785.jpg"), kp, np.ones(1), mask,
+                       params=AffineParams(scale=1.0, rotation=0.0))
+    # crowd box in input pixels: x 20..199 -> zoom SIZE/425, centred crop of the 640-wide image
+    m = out["matrix"]
+    targets = codec.encode(out["keypoints"], out["areas"], out["ignore_mask"])
+    weights = targets["heatmap_weights"]
+    inside = np.array([[150.0, 100.0], [180.0, 200.0], [130.0, 230.0]]) @ m[:, :2].T + m[:, 2]
+    for x, y in inside:
+        gx, gy = round(float(codec.to_grid(x))), round(float(codec.to_grid(y)))
+        assert 0 <= gx < SIZE // 4 and 0 <= gy < SIZE // 4
+        assert (weights[:, gy, gx] == 0).all()
+    assert (weights == 0).mean() > 0.05
+    # without the crowd annotation the same view has no zero weights
+    plain = codec.encode(out["keypoints"], out["areas"], None)["heatmap_weights"]
+    assert (plain == 0).sum() == 0
+
+
+def test_eval_samples_keep_every_image(coco_sample: Path) -> None:
+    ann, images = _coco(coco_sample)
+    ds = CocoKeypointDataset(ann, images, train=False, transform=EvalTransform(SIZE))
+    assert len(ds) == 4
+    s = ds[ds.ids.index(785)]
+    assert s["image"].shape == (3, 128, 224)  # 425x640 -> 128x193, padded to 128x224
+    assert s["orig_size"].tolist() == [425, 640] and s["valid_size"].tolist() == [128, 193]
+    assert s["input_to_orig"].shape == (2, 3)
+    assert float(s["input_to_orig"][0, 0]) == pytest.approx(640 / 193, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_missing_images_reported_at_setup(coco_sample: Path, tmp_path: Path) -> None:
+    data = _copy_sample(coco_sample, tmp_path, "test_coco.json")
+    (tmp_path / "000000000785.jpg").unlink()
+    (tmp_path / "000000040083.jpg").unlink()
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        CocoKeypointDataset(ann, tmp_path, train=False)
+    msg = str(err.value)
+    assert "2 of 4 images are missing" in msg and "000000000785.jpg" in msg and "000000040083.jpg" in msg
+    ds = CocoKeypointDataset(ann, tmp_path, train=False, on_bad_sample="skip")
+    assert sorted(ds.ids) == [196141, 197388] and ds.num_skipped == 2
+
+
+def test_corrupt_and_empty_images_name_the_file(coco_sample: Path, tmp_path: Path) -> None:
+    data = _copy_sample(coco_sample, tmp_path, "test_coco.json")
+    (tmp_path / "000000000785.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    (tmp_path / "000000040083.jpg").write_bytes(b"")
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoKeypointDataset(ann, tmp_path, train=False, transform=EvalTransform(64))
+    with pytest.raises(DataError, match=r"000000000785\.jpg.*corrupt"):
+        ds[ds.ids.index(785)]
+    with pytest.raises(DataError, match=r"000000040083\.jpg.*empty"):
+        ds[ds.ids.index(40083)]
+    skip = CocoKeypointDataset(ann, tmp_path, train=True, codec=BAPoseCodec(64), input_size=64,
+                               on_bad_sample="skip")
+    s = skip[skip.ids.index(785)]  # 785 and 40083 are unreadable: the next good image comes back
+    assert s["image_id"] == 196141 and skip.num_skipped == 2
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "top level is a list"),
+    (json.dumps({"images": [], "annotations": []}), "field 'categories': missing"),
+    (json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "dog"}]}),
+     "no category has a 'keypoints' list"),
+])
+def test_not_a_coco_keypoint_json_says_what_is_wrong(tmp_path: Path, content: str, expected: str) -> None:
+    ann = tmp_path / "bad.json"
+    ann.write_text(content)
+    with pytest.raises(DataError, match=expected) as err:
+        CocoKeypointDataset(ann, tmp_path, train=False)
+    assert "bad.json" in str(err.value)
+
+
+def test_wrong_keypoint_count_names_the_annotation(coco_sample: Path, tmp_path: Path) -> None:
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    data["annotations"][3]["keypoints"] = data["annotations"][3]["keypoints"][:-3]
+    ann = tmp_path / "short.json"
+    ann.write_text(json.dumps(data))
+    bad_id = data["annotations"][3]["id"]
+    with pytest.raises(DataError, match=rf"annotation id {bad_id}, field 'keypoints': 48 numbers; expected 51"):
+        CocoKeypointDataset(ann, coco_sample, train=False)
+    # a meta that disagrees with the json's joint list is caught too
+    with pytest.raises(DataError, match="17 joint names; expected 14"):
+        CocoKeypointDataset(coco_sample / "test_coco.json", coco_sample, meta=DatasetMeta.crowdpose(), train=False)
+
+
+def test_custom_keypoint_set_from_category(coco_sample: Path, tmp_path: Path) -> None:
+    """A 3-joint dataset: K and flips come from the json category."""
+    data = _copy_sample(coco_sample, tmp_path, "test_coco.json")
+    keep = [0, 9, 10]  # nose, left_wrist, right_wrist
+    data["categories"][0]["keypoints"] = ["nose", "left_wrist", "right_wrist"]
+    data["categories"][0]["skeleton"] = [[2, 3]]
+    for a in data["annotations"]:
+        a["keypoints"] = np.asarray(a["keypoints"]).reshape(17, 3)[keep].ravel().tolist()
+    ann = tmp_path / "three.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoKeypointDataset(ann, tmp_path, codec=BAPoseCodec(64), train=True, input_size=64)
+    assert ds.meta.num_keypoints == 3 and ds.meta.flip_index == (0, 2, 1)
+    s = ds[0]
+    assert s["heatmaps"].shape == (4, 16, 16) and s["offsets"].shape == (6, 16, 16)
