@@ -1,0 +1,120 @@
+"""BAPose (Artacho & Savakis 2022): HRNet -> D-WASP -> DEKR heads; ``decoder=None`` is the DEKR baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bapose.errors import ConfigError
+from bapose.models.adaptive import AdaptiveBlock, AdaptiveImpl, check_impl
+from bapose.models.backbone import HRNetBackbone
+from bapose.models.dwasp import DWASP
+from bapose.models.heads import HeatmapHead, OffsetHead
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def validate_input_size(height: int, width: int, divisor: int = 32) -> None:
+    """Raise ConfigError unless both sides are positive multiples of ``divisor`` (HRNet's deepest stride)."""
+    if height <= 0 or width <= 0 or height % divisor or width % divisor:
+        raise ConfigError(f"BAPoseNet input: image size (H, W) = ({height}, {width}) is not a multiple of "
+                          f"{divisor}: expected both sides to be positive multiples of {divisor} "
+                          f"(check data.input_size and the resize/pad of the images)")
+
+
+class BAPoseNet(nn.Module):
+    """Bottom-up pose net: HRNet backbone, optional D-WASP decoder, heatmap head and disentangled offset head.
+
+    Args:
+        backbone: timm HRNet name (``hrnet_w18_small``, ``hrnet_w32``, ``hrnet_w48``).
+        pretrained: ImageNet weights for the backbone through timm (needs the hub).
+        num_keypoints: K (17 for COCO, 14 for CrowdPose), from ``DatasetMeta`` / ``${data.num_keypoints}``.
+        decoder: keyword arguments of :class:`DWASP` except the channel counts (``dilations``, ``planes``,
+            ``low_level_planes``, ``conv_type``); ``{}`` for the paper's D-WASP; None for the DEKR baseline
+            (heads on the raw C-channel concat).
+        heatmap_channels: width of the heatmap head (32 for W32, 48 for W48).
+        offset_channels_per_joint: per-joint width of the offset head (15).
+        offset_blocks: adaptive blocks per joint (2).
+        adaptive_impl: deformable-conv kernel, ``"auto" | "torchvision" | "torch"`` (see ``set_adaptive_impl``).
+
+    Input ``(B, 3, H, W)`` float in [0, 1], H and W multiples of 32 (normalised with ImageNet mean/std inside).
+    Output ``(heatmaps (B, K+1, H/4, W/4), offsets (B, 2K, H/4, W/4))``: the center heatmap last, offsets
+    ``(x0, y0, x1, y1, …)`` in output-grid pixels.
+    """
+
+    stride = 4
+    size_divisor = 32
+
+    def __init__(self, backbone: str = "hrnet_w32", pretrained: bool = False, num_keypoints: int = 17,
+                 decoder: Mapping[str, Any] | None = None, heatmap_channels: int = 32,
+                 offset_channels_per_joint: int = 15, offset_blocks: int = 2,
+                 adaptive_impl: AdaptiveImpl = "auto") -> None:
+        super().__init__()
+        if int(num_keypoints) < 1:
+            raise ConfigError(f"field 'model.num_keypoints': expected a positive joint count, got {num_keypoints}")
+        self.num_keypoints = int(num_keypoints)
+        check_impl(adaptive_impl)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.backbone = HRNetBackbone(backbone, pretrained=pretrained)
+        if decoder is None:
+            self.decoder = None
+            head_in = self.backbone.out_channels
+        else:
+            if not isinstance(decoder, Mapping):
+                raise ConfigError(f"field 'model.decoder': expected a mapping of D-WASP arguments or null, "
+                                  f"got {type(decoder).__name__}")
+            self.decoder = DWASP(self.backbone.out_channels, self.backbone.low_level_channels, **dict(decoder))
+            head_in = self.decoder.out_channels
+        self.heatmap_head = HeatmapHead(head_in, self.num_keypoints, heatmap_channels)
+        self.offset_head = OffsetHead(head_in, self.num_keypoints, offset_channels_per_joint, offset_blocks,
+                                      adaptive_impl)
+        self._init_weights()
+
+    @property
+    def name(self) -> str:
+        """``"BAPose hrnet_w32"`` or ``"DEKR hrnet_w32"``."""
+        return f"{'DEKR' if self.decoder is None else 'BAPose'} {self.backbone.name}"
+
+    def _init_weights(self) -> None:
+        # the backbone keeps timm's (or ImageNet) init; the new layers: He init for convs before BN, and small
+        # final layers as in DEKR, so the first heatmaps are near the mostly-zero targets and offsets near 0
+        for module in (self.decoder, self.heatmap_head, self.offset_head):
+            if module is None:
+                continue
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        for m in self.offset_head.modules():  # after the generic conv init, which visits children last
+            if isinstance(m, AdaptiveBlock):
+                m.reset_parameters()  # A and t back to zero: each block starts as a plain 3×3 conv
+        for final in (self.heatmap_head.final, self.offset_head.final):
+            nn.init.normal_(final.weight, std=1e-3)
+            nn.init.zeros_(final.bias)
+
+    def set_adaptive_impl(self, impl: AdaptiveImpl) -> None:
+        """Switch every adaptive block's kernel, e.g. to ``"torch"`` before an ONNX export."""
+        check_impl(impl)
+        for m in self.modules():
+            if isinstance(m, AdaptiveBlock):
+                m.impl = impl
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ConfigError(f"BAPoseNet input: expected float images (B, 3, H, W), got shape {tuple(images.shape)}")
+        validate_input_size(images.shape[-2], images.shape[-1], self.size_divisor)
+        x = (images - self.mean) / self.std
+        features, low_level = self.backbone(x)
+        if self.decoder is not None:
+            features = self.decoder(features, low_level)
+        return self.heatmap_head(features), self.offset_head(features)
