@@ -1,0 +1,288 @@
+"""``BAPoseDataModule``: COCO-format train/val/test datasets, their loaders and collates, for any keypoint set.
+
+Targets are encoded inside the DataLoader workers (``CocoKeypointDataset.__getitem__``), so the main process only
+moves batches. Under DDP Lightning swaps in a ``DistributedSampler`` itself: no sampler is built here. With
+``synthetic`` options the datamodule points itself at a generated dataset (``bapose.data.synthetic.ensure_dataset``),
+created on first use in ``prepare_data`` and only looked up in ``setup``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bapose.data.dataset import CocoKeypointDataset, load_coco_keypoint_json
+from bapose.data.metadata import DatasetMeta
+from bapose.data.transforms import EvalTransform, TrainTransform
+from bapose.errors import ConfigError
+
+__all__ = ["BAPoseDataModule", "collate_eval", "collate_train"]
+
+_TARGETS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
+
+
+def _image_ids(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor | list:
+    ids = [s["image_id"] for s in samples]
+    return torch.as_tensor(ids, dtype=torch.int64) if all(isinstance(i, (int, np.integer)) for i in ids) else ids
+
+
+def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack training samples: ``image`` uint8 (B, 3, S, S), the four codec targets (B, C, h, w) float32,
+    ``image_id`` (B,) int64 (a list when ids are not integers)."""
+    batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
+    for name in _TARGETS:
+        batch[name] = torch.stack([s[name] for s in samples])
+    batch["image_id"] = _image_ids(samples)
+    return batch
+
+
+def collate_eval(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pad evaluation images (right/bottom, zeros) to the batch's largest size: ``image`` uint8 (B, 3, H, W) with
+    H, W multiples of 32 (each sample already is); ``input_to_orig`` (B, 2, 3) float32; ``orig_size`` and
+    ``valid_size`` (B, 2) int64 (h, w); ``image_id`` (B,)."""
+    h = max(s["image"].shape[1] for s in samples)
+    w = max(s["image"].shape[2] for s in samples)
+    images = torch.zeros((len(samples), samples[0]["image"].shape[0], h, w), dtype=samples[0]["image"].dtype)
+    for i, s in enumerate(samples):
+        images[i, :, : s["image"].shape[1], : s["image"].shape[2]] = s["image"]
+    return {
+        "image": images,
+        "image_id": _image_ids(samples),
+        "input_to_orig": torch.stack([s["input_to_orig"] for s in samples]),
+        "orig_size": torch.stack([s["orig_size"] for s in samples]),
+        "valid_size": torch.stack([s["valid_size"] for s in samples]),
+    }
+
+
+def _plain(cfg: Any) -> dict:
+    """Hydra DictConfig / Mapping / None -> plain dict."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(cfg).__name__}: {cfg!r}")
+    return dict(cfg)
+
+
+class BAPoseDataModule(L.LightningDataModule):
+    """Train/val/test loaders over COCO-format keypoint jsons.
+
+    Args:
+        name: dataset name (logging, run names).
+        input_size: training crop side and eval short side (pixels).
+        num_keypoints: K; must equal the meta's K (the model config reads it as ``${data.num_keypoints}``).
+        meta: ``DatasetMeta.build`` kwargs (``{name: coco}`` for a preset), a ``DatasetMeta``, or None to read
+            the joint set from the train (else val) json's keypoint category.
+        train, val, test: ``{ann_file, image_dir}``; relative paths are resolved against ``root``.
+        codec: a ``BAPoseCodec`` (or any object with ``encode``), or kwargs for ``BAPoseCodec(input_size, ...)``.
+        batch_size: training batch per device; ``val_batch_size`` for val/test.
+        num_workers, persistent_workers, pin_memory: DataLoader settings (persistent only when workers > 0).
+        augmentation: ``TrainTransform`` kwargs (min_scale, max_scale, max_rotation, max_translate,
+            max_translate_px, flip_prob, scale_type, color_jitter, hue_jitter).
+        on_bad_sample: "raise" or "skip" missing/corrupt images.
+        synthetic: ``bapose.data.synthetic.ensure_dataset`` kwargs (num_train, num_val, image_size, seed,
+            keypoint_set, ... and an optional ``root``; None = ``$BAPOSE_CACHE/synthetic/<hash>``); replaces
+            train/val/test with the generated files (its val split also serves as test).
+        root: dataset root folder that relative ``ann_file``/``image_dir`` paths start from.
+        size_divisor: eval images are padded to multiples of it.
+        eval_mode: "coco" or "crowdpose" scoring for the module's evaluator; None lets it follow the meta name.
+    """
+
+    def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int = 17,
+                 meta: Mapping | DatasetMeta | None = None, train: Mapping | None = None, val: Mapping | None = None,
+                 test: Mapping | None = None, codec: Any = None, batch_size: int = 8, val_batch_size: int = 1,
+                 num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
+                 augmentation: Mapping | None = None, on_bad_sample: str = "raise",
+                 synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
+                 size_divisor: int = 32, eval_mode: str | None = None) -> None:
+        super().__init__()
+        if input_size <= 0 or input_size % 4:
+            raise ConfigError(f"data field 'input_size' is {input_size}; expected a positive multiple of 4 "
+                              "(the output stride)")
+        if batch_size <= 0 or val_batch_size <= 0:
+            raise ConfigError(f"data fields 'batch_size'/'val_batch_size' are {batch_size}/{val_batch_size}; "
+                              "expected positive integers")
+        if on_bad_sample not in ("raise", "skip"):
+            raise ConfigError(f"data field 'on_bad_sample' is '{on_bad_sample}'; expected 'raise' or 'skip'")
+        self.name = name
+        self.input_size = int(input_size)
+        self.num_keypoints = int(num_keypoints)
+        self.root = Path(root) if root is not None else None
+        self.splits = {"train": _plain(train), "val": _plain(val), "test": _plain(test)}
+        self.synthetic = _plain(synthetic) or None
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size)
+        self.num_workers = int(num_workers)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.pin_memory = bool(pin_memory)
+        self.augmentation = _plain(augmentation)
+        self.on_bad_sample = on_bad_sample
+        self.size_divisor = int(size_divisor)
+        if eval_mode not in (None, "coco", "crowdpose"):
+            raise ConfigError(f"data field 'eval_mode' is '{eval_mode}'; expected 'coco', 'crowdpose' or null")
+        self.eval_mode = eval_mode
+        self._meta_cfg = meta if isinstance(meta, DatasetMeta) else (_plain(meta) if meta is not None else None)
+        self._meta: DatasetMeta | None = None
+        self._codec_cfg = codec
+        self._codec: Any = None
+        self.train_dataset: CocoKeypointDataset | None = None
+        self.val_dataset: CocoKeypointDataset | None = None
+        self.test_dataset: CocoKeypointDataset | None = None
+        if self._meta_cfg is not None:
+            self._check_k(self.meta)  # fail at construction, before any data is touched
+        if self.augmentation:  # bad augmentation keys fail at construction too
+            self._train_transform()
+
+    # ------------------------------------------------------------------------------------------- meta and codec
+    def _check_k(self, meta: DatasetMeta) -> None:
+        if meta.num_keypoints != self.num_keypoints:
+            raise ConfigError(f"data field 'num_keypoints' is {self.num_keypoints} but the dataset meta "
+                              f"'{meta.name}' has K={meta.num_keypoints} joints; expected them to be equal")
+
+    @property
+    def meta(self) -> DatasetMeta:
+        """The joint set: from config, else from the train/val json's keypoint category."""
+        if self._meta is None:
+            if isinstance(self._meta_cfg, DatasetMeta):
+                meta = self._meta_cfg
+            elif self._meta_cfg is not None:
+                meta = DatasetMeta.build(**self._meta_cfg)
+            else:
+                ann = self._split_paths("train")[0] or self._split_paths("val")[0]
+                if ann is None:
+                    raise ConfigError("data: no 'meta' and no train/val json to read the joint set from")
+                data = load_coco_keypoint_json(ann)
+                category = next(c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c)
+                meta = DatasetMeta.from_coco_category(category)
+            self._check_k(meta)
+            self._meta = meta
+        return self._meta
+
+    @property
+    def codec(self) -> Any:
+        """The target codec shared with the LightningModule (built from kwargs on first use)."""
+        if self._codec is None:
+            cfg = self._codec_cfg
+            if cfg is None or isinstance(cfg, Mapping) or type(cfg).__name__ == "DictConfig":
+                from bapose.codecs import BAPoseCodec  # the codec package is optional until a codec is needed
+
+                kwargs = _plain(cfg)
+                if kwargs.setdefault("input_size", self.input_size) != self.input_size:
+                    raise ConfigError(f"codec field 'input_size' is {kwargs['input_size']}; expected data.input_size "
+                                      f"{self.input_size}")
+                self._codec = BAPoseCodec(**kwargs)
+            else:
+                self._codec = cfg
+            size = getattr(self._codec, "input_size", self.input_size)
+            if size != self.input_size:
+                raise ConfigError(f"codec input_size {size} differs from data field 'input_size' {self.input_size}; "
+                                  "expected them to be equal")
+        return self._codec
+
+    # ------------------------------------------------------------------------------------------- paths
+    def _resolve(self, path: Any) -> Path:
+        p = Path(os.path.expanduser(str(path)))
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    def _synthetic_paths(self) -> dict[str, Any]:
+        from bapose.data import synthetic as synth  # written separately; imported only when asked for
+
+        opts = dict(self.synthetic or {})
+        root = opts.pop("root", None)
+        # no root: the generator keys a cache folder by the hash of its options, so sweeps never collide
+        return synth.ensure_dataset(Path(root) if root is not None else None, **opts)
+
+    def _split_paths(self, split: str) -> tuple[Path | None, Path | None]:
+        """(ann_file, image_dir) of a split, or (None, None) when the split is not configured."""
+        if self.synthetic:
+            paths = self._synthetic_files
+            # the generated set has one held-out split: it serves as val and as test
+            key = "train" if split == "train" else "val"
+            return Path(paths[f"{key}_ann"]), Path(paths[f"{key}_images"])
+        cfg = self.splits[split]
+        if not cfg:
+            return None, None
+        missing = [k for k in ("ann_file", "image_dir") if not cfg.get(k)]
+        if missing:
+            raise ConfigError(f"data.{split}: missing {missing}; expected 'ann_file' and 'image_dir'")
+        return self._resolve(cfg["ann_file"]), self._resolve(cfg["image_dir"])
+
+    @property
+    def _synthetic_files(self) -> dict[str, Any]:
+        if not hasattr(self, "_synth_cache"):
+            self._synth_cache = self._synthetic_paths()
+        return self._synth_cache
+
+    @property
+    def val_ann_file(self) -> Path | None:
+        return self._split_paths("val")[0]
+
+    @property
+    def test_ann_file(self) -> Path | None:
+        """The test split's json; the val json when no test split is configured."""
+        ann = self._split_paths("test")[0]
+        return ann if ann is not None else self.val_ann_file
+
+    # ------------------------------------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        # rank 0 only: generate the synthetic set once; setup() on every rank then finds it
+        if self.synthetic:
+            self._synthetic_files  # noqa: B018 - triggers generation
+
+    def _train_transform(self) -> TrainTransform:
+        try:
+            return TrainTransform(self.input_size, self.meta.flip_index, **self.augmentation)
+        except TypeError as err:
+            raise ConfigError(f"data field 'augmentation' {self.augmentation}: {err}") from None
+
+    def _dataset(self, split: str, train: bool) -> CocoKeypointDataset | None:
+        ann, images = self._split_paths(split)
+        if ann is None:
+            return None
+        transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor)
+        return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
+                                   transform=transform, train=train, on_bad_sample=self.on_bad_sample)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", train=True)
+            if self.train_dataset is None:
+                raise ConfigError("data.train is not configured; expected {ann_file, image_dir} to fit")
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset("val", train=False)
+        if stage in (None, "test") and self.test_dataset is None:
+            self.test_dataset = self._dataset("test", train=False) if self.splits["test"] and not self.synthetic \
+                else self.val_dataset or self._dataset("val", train=False)
+
+    def _loader(self, dataset: CocoKeypointDataset | None, split: str, train: bool) -> DataLoader:
+        if dataset is None:
+            raise ConfigError(f"data.{split} is not set up; call setup() with a stage that builds it "
+                              f"and configure data.{split}")
+        batch_size = self.batch_size if train else self.val_batch_size
+        # full training batches (BatchNorm), unless the set is smaller than one batch (tiny demo/test sets)
+        drop_last = train and len(dataset) >= batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.persistent_workers,
+                          pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test", train=False)
