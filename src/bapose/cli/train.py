@@ -1,0 +1,176 @@
+"""``bapose-train``: fit a BAPose / DEKR model, evaluate the best checkpoint, print the AP table.
+
+``train(cfg)`` is a plain function (tests and notebooks call it with a composed config); ``main()`` is the thin Hydra
+entry point over ``conf/train.yaml``::
+
+    bapose-train experiment=coco_w32_512 data.root=/data/coco
+    bapose-train -m model.decoder.dilations='[1,6,12,18]','[1,3,6,9]' data.input_size=512,640
+    bapose-train trainer=ddp trainer.devices=8
+    bapose-train ckpt_path=last hydra.run.dir=outputs/train/runs/<stamp>     # resume that run
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
+from bapose.errors import ConfigError
+from bapose.paths import config_dir
+
+log = logging.getLogger("bapose")
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Build every ``_target_`` node of a ``{name: node}`` group (callbacks, loggers); ``None`` / empty gives ``[]``."""
+    if not cfg:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"expected a mapping of {{name: {{_target_: ...}}}}, got {type(cfg).__name__}")
+    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """``None`` | ``"last"`` (this run folder's ``checkpoints/last.ckpt``) | a path -> a checkpoint path or None."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last: no '{last}'; expected the run folder of the run to resume "
+                              f"(hydra.run.dir=<that run's folder>) or an explicit ckpt_path=<file>")
+        return str(last)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"field 'ckpt_path': checkpoint file '{path}' does not exist")
+    return str(path)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The datamodule of ``cfg.data``, given the ``codec`` group's kwargs (it builds the one codec instance that
+    the dataset encodes with and the module decodes with)."""
+    codec = OmegaConf.to_container(cfg.codec, resolve=True) if cfg.get("codec") is not None else None
+    return instantiate(cfg.data, codec=codec)
+
+
+def build_module(cfg: DictConfig, codec: Any, **overrides: Any) -> L.LightningModule:
+    """Instantiate the net from ``cfg.model`` and wrap it in ``cfg.module`` (no data is touched)."""
+    net = instantiate(cfg.model)
+    # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node
+    module = instantiate(cfg.module, _partial_=True)(net=net, codec=codec, **overrides)
+    # stored in every checkpoint so bapose-eval rebuilds exactly this net
+    module.model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    return module
+
+
+def log_config(loggers: list[Any], cfg: DictConfig) -> None:
+    """Send the resolved run config to every logger (this also starts the W&B run, even under fast_dev_run)."""
+    # key by key: the `hydra` node holds values (job.num, ...) that only exist inside a multirun job
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+             for k, v in cfg.items() if k != "hydra"}
+    for lg in loggers:
+        lg.log_hyperparams(plain)
+
+
+@torch.no_grad()
+def save_prediction_image(module: Any, dataset: Any, path: Path, count: int) -> Path | None:
+    """Draw the module's predictions on the first ``count`` validation images and save one tiled PNG."""
+    import cv2
+
+    from bapose.training.draw import draw_poses, tile_images
+
+    if dataset is None or count <= 0 or len(dataset) == 0:
+        return None
+    module.eval()
+    tiles = []
+    for i in range(min(count, len(dataset))):
+        sample = dataset[i]
+        image = sample["image"]
+        result = module.predict_poses(image[None].to(module.device), flip=module.val_flip,
+                                      scales=module.val_scales)[0]
+        rgb = image.permute(1, 2, 0).cpu().numpy()
+        if "valid_size" in sample:  # crop the eval padding
+            h, w = (int(v) for v in sample["valid_size"])
+            rgb = rgb[:h, :w]
+        tiles.append(draw_poses(rgb, result.poses.cpu().numpy(), module.meta.skeleton,
+                                scores=result.scores.cpu().numpy()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(tile_images(tiles), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, evaluate the best checkpoint on val (and test), write ``metrics.json`` and ``val_predictions.png``.
+
+    Returns:
+        ``{"val/AP": ..., ..., "test/AP": ..., "best_model_path": ..., "epoch": ..., "global_step": ...}``.
+    """
+    t0 = time.perf_counter()
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, codec=datamodule.codec)
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    metrics: dict[str, Any] = {}
+    try:
+        log_config(loggers, cfg)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out_dir))
+
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_path if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", "") else None
+        if best is None:
+            log.warning("no best checkpoint (fast_dev_run, or no validation ran): evaluating the current weights")
+        # evaluate what the best checkpoint holds, on the full validation set (and test), as the paper reports
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics.update({f"val/{k}": v for k, v in module.last_metrics.get("val", {}).items()})
+        if cfg.get("run_test"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            metrics.update({f"test/{k}": v for k, v in module.last_metrics.get("test", {}).items()})
+        metrics.update({"best_model_path": best or "", "epoch": int(trainer.current_epoch),
+                        "global_step": int(trainer.global_step), "nonfinite_steps": int(module.nonfinite_steps),
+                        "train_seconds": round(time.perf_counter() - t0, 1)})
+
+        if trainer.is_global_zero:
+            for split in ("val", "test"):
+                if split in module.last_metrics and (split == "val" or cfg.get("run_test")):
+                    flip, scales = (module.val_flip, module.val_scales) if split == "val" else \
+                        (module.test_flip, module.test_scales)
+                    title = f"{split} AP ({Path(best).name if best else 'final weights'}, flip={flip}, " \
+                            f"scales={list(scales)})"
+                    print(blog.format_metrics_table(module.last_metrics[split], title), flush=True)
+            blog.write_json(out_dir / "metrics.json", metrics)
+            png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
+                                        out_dir / "val_predictions.png", int(cfg.get("draw_images", 0) or 0))
+            print(f"run folder: {out_dir}" + (f" (predictions drawn in {png.name})" if png else ""), flush=True)
+    finally:
+        blog.finish_loggers(loggers)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point; returns ``cfg.optimized_metric`` for sweepers (Optuna)."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    value = metrics.get(name) if name else None
+    if isinstance(value, (int, float)) and np.isfinite(value):
+        return float(value)
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""LightningModule for BAPose / DEKR: trains the net on codec targets, validates with bapose.inference + COCO AP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+import bapose
+from bapose.errors import BAPoseError, ConfigError
+from bapose.inference import predict, to_original
+from bapose.training.ema import ModelEMA
+from bapose.training.loss import BAPoseLoss
+from bapose.utils.checkpoint import assert_finite_state
+
+
+class NonFiniteLossError(BAPoseError, RuntimeError):
+    """Training stopped because the loss was NaN/inf for too many optimizer steps in a row."""
+
+
+def images_to_float(images: Tensor) -> Tensor:
+    """uint8 ``(B, 3, H, W)`` in [0, 255] -> float32 in [0, 1]; float input is passed through (the net normalises)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+class BAPoseModule(L.LightningModule):
+    """Wires an injected net, codec and loss into Lightning; validation/test score COCO (or CrowdPose) AP.
+
+    Args:
+        net: ``BAPoseNet`` (or any net with the same contract): ``(B, 3, H, W)`` floats in [0, 1] ->
+            heatmaps ``(B, K+1, h, w)``, offsets ``(B, 2K, h, w)``; attribute ``num_keypoints``.
+        codec: the ``BAPoseCodec`` the datamodule encodes targets with; ``None`` takes the datamodule's in ``setup``.
+        loss: loss module returning ``{"loss", "heatmap", "offset"}``; default :class:`BAPoseLoss` (DEKR units).
+        optimizer: ``functools.partial`` of an optimizer class taking the parameters (Hydra ``_partial_: true``).
+        scheduler: partial of an LR scheduler taking the optimizer, or ``None``.
+        scheduler_interval: ``"epoch"`` (the paper's step schedule) or ``"step"``.
+        warmup_steps: linear LR warmup over the first optimizer steps (multiplies the scheduled LR; 0 = off).
+        ema_decay: keep an EMA copy of the weights with this decay (used for validation/test and saved); ``None`` = off.
+        compile: ``torch.compile`` the net (in place, so checkpoint keys do not change).
+        channels_last: run the net in channels-last memory format (faster convs under AMP on GPUs).
+        val_flip / val_scales: flip test and scales during validation.
+        test_flip / test_scales: the same for ``trainer.test``; ``None`` copies the validation settings.
+        max_nonfinite_steps: stop with :class:`NonFiniteLossError` after this many non-finite losses in a row
+            (each is skipped: no backward, no optimizer update).
+        model_config: the config the net was built from, stored in checkpoints so ``bapose-eval`` rebuilds it.
+
+    SyncBatchNorm is a trainer option (``trainer.sync_batchnorm=true``, set by the ``ddp`` presets), and mixed precision
+    is ``trainer.precision`` (``bf16-mixed`` / ``16-mixed``): one way to do each.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        codec: Any = None,
+        loss: nn.Module | None = None,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        val_flip: bool = False,
+        val_scales: Sequence[float] = (1.0,),
+        test_flip: bool | None = None,
+        test_scales: Sequence[float] | None = None,
+        max_nonfinite_steps: int = 20,
+        model_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(f"module: field 'scheduler_interval' is {scheduler_interval!r}; expected 'epoch' or 'step'")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"module: field 'max_nonfinite_steps' is {max_nonfinite_steps}; expected >= 1")
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.codec = codec
+        self.loss = loss if loss is not None else BAPoseLoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.warmup_steps = int(warmup_steps)
+        self.ema = ModelEMA(self.net, ema_decay) if ema_decay else None
+        self.compile_net = compile
+        self.channels_last = channels_last
+        self.val_flip, self.val_scales = bool(val_flip), tuple(float(s) for s in val_scales)
+        self.test_flip = self.val_flip if test_flip is None else bool(test_flip)
+        self.test_scales = self.val_scales if test_scales is None else tuple(float(s) for s in test_scales)
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.model_config = dict(model_config) if model_config is not None else None
+        # set in setup() from the datamodule, or by hand when the module runs without one
+        self.meta = None
+        self.ann_files: dict[str, Any] = {}
+        self.eval_mode: str | None = None
+        self.evaluator = None
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self.nonfinite_steps = 0  # total skipped steps (also logged)
+        self._nonfinite_in_a_row = 0
+        self._last_step_finite = True
+
+    # ------------------------------------------------------------------ wiring
+    @property
+    def eval_net(self) -> nn.Module:
+        """The weights validation/test/prediction use: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.meta = getattr(dm, "meta", self.meta)
+            if self.codec is None:
+                self.codec = getattr(dm, "codec", None)
+            for split in ("val", "test"):
+                ann = getattr(dm, f"{split}_ann_file", None)
+                if ann is not None:
+                    self.ann_files[split] = ann
+            self.eval_mode = getattr(dm, "eval_mode", None) or self.eval_mode
+        if self.codec is None:
+            raise ConfigError("module: no codec given and the datamodule has no attribute 'codec'; "
+                              "expected one of them to provide the BAPoseCodec")
+        k = getattr(self.net, "num_keypoints", None)
+        if self.meta is not None and k is not None and k != self.meta.num_keypoints:
+            raise ConfigError(f"model: field 'num_keypoints' is {k} but dataset '{self.meta.name}' has "
+                              f"{self.meta.num_keypoints} joints; expected them to agree (data.num_keypoints)")
+        if self.compile_net and not getattr(self, "_compiled", False):
+            # nn.Module.compile() compiles in place: state_dict keys keep their names (no `_orig_mod.` prefix)
+            self.net.compile()
+            if self.ema is not None:
+                self.ema.module.compile()
+            self._compiled = True
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("module: field 'optimizer' is missing; expected a partial optimizer "
+                              "(e.g. {_target_: torch.optim.Adam, _partial_: true, lr: 1e-3})")
+        # only the trained net: the EMA copy has no gradients and must not be touched by the optimizer
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}}
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``images`` uint8 or [0, 1] float ``(B, 3, H, W)`` -> ``(heatmaps (B, K+1, h, w), offsets (B, 2K, h, w))``."""
+        x = images_to_float(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # ------------------------------------------------------------------ training
+    def _warmup_factor(self) -> float:
+        if self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.global_step + 1) / self.warmup_steps)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        heatmaps, offsets = self(batch["image"])
+        terms = self.loss(heatmaps, offsets, batch["heatmaps"], batch["heatmap_weights"], batch["offsets"],
+                          batch["offset_weights"])
+        loss = terms["loss"]
+        finite = bool(torch.isfinite(loss))
+        # every rank must take the same decision, or DDP would wait forever for the skipped rank's gradients
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        self._last_step_finite = finite
+        bs = batch["image"].shape[0]
+        if not finite:
+            self.nonfinite_steps += 1
+            self._nonfinite_in_a_row += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
+                     batch_size=bs)
+            if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+                vals = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise NonFiniteLossError(
+                    f"training stopped: the loss was non-finite for {self._nonfinite_in_a_row} optimizer steps in a "
+                    f"row (module.max_nonfinite_steps={self.max_nonfinite_steps}; epoch {self.current_epoch}, "
+                    f"global step {self.global_step}, batch {batch_idx}: {vals}). The weights were not updated by "
+                    f"those steps and no checkpoint was written from them. Try a lower optimizer.lr, "
+                    f"module.warmup_steps, trainer.gradient_clip_val, trainer.precision=32, or check the data.")
+            return None  # Lightning skips backward and the optimizer update
+        self._nonfinite_in_a_row = 0
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/heatmap", terms["heatmap"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("train/offset", terms["offset"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        if self.nonfinite_steps:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
+                     batch_size=bs)
+        if self._trainer is not None and self.trainer.optimizers:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] * self._warmup_factor()
+            self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        factor = self._warmup_factor()
+        if factor < 1.0:
+            # scale the scheduled LR for this step only, so the scheduler's own state never sees the warmup
+            base = [g["lr"] for g in optimizer.param_groups]
+            for g in optimizer.param_groups:
+                g["lr"] = g["lr"] * factor
+            try:
+                super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            finally:
+                for g, lr in zip(optimizer.param_groups, base, strict=True):
+                    g["lr"] = lr
+        else:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # the closure ran inside the step: _last_step_finite now describes this step
+        if self.ema is not None and self._last_step_finite:
+            self.ema.update(self.net)
+
+    # ------------------------------------------------------------------ validation / test
+    def _make_evaluator(self, split: str) -> Any:
+        from bapose.evaluation import KeypointEvaluator
+
+        ann = self.ann_files.get(split) or self.ann_files.get("val")
+        if ann is None or self.meta is None:
+            raise ConfigError(f"module: no '{split}' annotation file or dataset meta; expected the datamodule to "
+                              f"expose 'meta' and '{split}_ann_file'")
+        mode = self.eval_mode or ("crowdpose" if self.meta.name == "crowdpose" else "coco")
+        return KeypointEvaluator(ann, self.meta, mode=mode, only_seen_images=self._partial_eval(split))
+
+    def _partial_eval(self, split: str) -> bool:
+        """Whether this loop sees only part of the split (sanity check, fast_dev_run, limit_*_batches): then score
+        only the images seen, instead of counting every unseen ground-truth person as missed."""
+        if self._trainer is None:
+            return False
+        t = self.trainer
+        if t.sanity_checking or t.fast_dev_run:
+            return True
+        limit = t.limit_val_batches if split == "val" else t.limit_test_batches
+        return not (isinstance(limit, float) and limit == 1.0)
+
+    @torch.no_grad()
+    def predict_poses(self, images: Tensor, flip: bool = False, scales: Sequence[float] = (1.0,)) -> list[Any]:
+        """Run :func:`bapose.inference.predict` on a batch: uint8/float ``(B, 3, H, W)`` -> one ``Poses`` per image
+        (``poses (M, K, 3)`` in input-image pixels, ``scores (M,)``)."""
+        x = images_to_float(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return predict(self.eval_net, x, self.codec, meta=self.meta, flip=flip, scales=scales)
+
+    def _eval_step(self, batch: Mapping[str, Any], flip: bool, scales: Sequence[float]) -> None:
+        results = self.predict_poses(batch["image"], flip=flip, scales=scales)
+        affines = batch["input_to_orig"].detach().cpu().numpy()
+        ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
+        poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
+        scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
+        self.evaluator.update(ids, poses, scores)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator = self._make_evaluator("val")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_flip, self.val_scales)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator = self._make_evaluator("test")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_flip, self.test_scales)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _finish_eval(self, split: str) -> None:
+        # compute() gathers every rank's results, drops the repeated image ids of DistributedSampler's padding and
+        # scores once: every rank gets the same numbers, so no further reduction (sync_dist=False)
+        stats = {k: float(v) for k, v in self.evaluator.compute().items()}
+        stats = {k: (v if math.isfinite(v) else -1.0) for k, v in stats.items()}
+        self.last_metrics[split] = stats
+        self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, sync_dist=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint says about itself: model config, K, dataset meta name, input size, bapose version."""
+        return {
+            "version": bapose.__version__,
+            "model": self.model_config,
+            "num_keypoints": getattr(self.net, "num_keypoints", None),
+            "meta": self.meta.name if self.meta is not None else None,
+            "input_size": getattr(self.codec, "input_size", None),
+            "ema": self.ema is not None,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assert_finite_state(checkpoint["state_dict"], source=f"epoch {self.current_epoch} step {self.global_step}")
+        checkpoint["bapose"] = self.checkpoint_metadata()
+        checkpoint["bapose_counters"] = {"nonfinite_steps": self.nonfinite_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get("bapose_counters", {}).get("nonfinite_steps", 0))

@@ -1,0 +1,219 @@
+"""Checkpoints that survive crashes and refuse to load into the wrong model.
+
+* :class:`AtomicCheckpointIO` — a Lightning ``CheckpointIO`` writing ``<path>.tmp-<pid>``, ``fsync`` then
+  ``os.replace``: a crash (or SIGKILL) during a save leaves the previous ``last.ckpt`` intact and loadable.
+* :func:`load_checkpoint_safely` — ``torch.load(weights_only=True)`` with an explicit allow-list of the few non-tensor
+  types Lightning writes; a truncated or foreign file becomes a :class:`~bapose.errors.CheckpointError` naming it.
+* :func:`check_state_dict_compatible` / :func:`load_net_weights` — name the keys and shapes that differ when a
+  checkpoint belongs to another model or another joint count K.
+* :func:`assert_finite_state` — a checkpoint with NaN/inf weights is never written.
+
+Checkpoints carry a ``"bapose"`` entry (written by ``BAPoseModule.on_save_checkpoint``): the model config, K, the
+dataset meta name and the input size, so ``bapose-eval`` can rebuild the net without being told which one it was.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor, nn
+
+from bapose.errors import CheckpointError
+
+# Types Lightning (and torch's schedulers) put in a checkpoint besides tensors and builtins:
+# MultiStepLR keeps its milestones in a Counter; ModelCheckpoint / loops state are plain dicts of numbers and strings.
+SAFE_GLOBALS: list[Any] = [collections.Counter, collections.OrderedDict, collections.defaultdict]
+
+
+def _add_optional_safe_globals() -> None:
+    # `save_hyperparameters` of a DictConfig stores omegaconf containers; bapose never does, but a user's module
+    # may — allowing these keeps `weights_only=True` loading usable without falling back to full pickle.
+    with contextlib.suppress(ImportError):
+        import typing
+
+        from omegaconf import DictConfig, ListConfig
+        from omegaconf.base import ContainerMetadata, Metadata
+        from omegaconf.nodes import AnyNode
+
+        SAFE_GLOBALS.extend([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, dict, list])
+
+
+_add_optional_safe_globals()
+
+
+def assert_finite_state(state: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first tensors holding NaN or inf (floating tensors only)."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source}: refusing to save non-finite weights: field 'state_dict' entries {shown} "
+                              f"hold NaN/inf; expected finite values (the run diverged)")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, save: Callable[[Any, Any], None] = torch.save) -> None:
+    """``torch.save`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``, dir fsync.
+
+    The temp file is removed on any exception; the previous file at ``path`` is untouched until the final rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    # make the rename itself durable (not available on every platform / filesystem)
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic local writes, finite-weights guard, ``weights_only`` loads with an allow-list.
+
+    Plug it into the Trainer with ``plugins=[AtomicCheckpointIO()]`` (the ``conf/trainer`` presets do).
+    Remote (fsspec) paths fall back to Lightning's own transaction-based save.
+
+    Args:
+        check_finite: refuse (``CheckpointError``) to write a checkpoint whose ``state_dict`` holds NaN/inf.
+    """
+
+    def __init__(self, check_finite: bool = True) -> None:
+        super().__init__()
+        self.check_finite = check_finite
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if self.check_finite and "state_dict" in checkpoint:
+            assert_finite_state(checkpoint["state_dict"], source=f"checkpoint '{path}'")
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if weights_only is False:  # an explicit opt-out by the caller (trusted file)
+            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        return load_checkpoint_safely(str(path).removeprefix("file://"), map_location=map_location or "cpu")
+
+
+def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` and :data:`SAFE_GLOBALS` allowed.
+
+    Returns:
+        The checkpoint dict (``state_dict``, Lightning's loop/optimizer states, ``bapose`` metadata when present).
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, holding disallowed objects, or not a dict with ``state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file '{path}' does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses arbitrary classes: say which, and that this is about trust, not corruption
+        msg = str(e).strip().splitlines()
+        first = next((line for line in msg if "GLOBAL" in line or "Unsupported" in line), msg[0] if msg else "")
+        raise CheckpointError(f"checkpoint file '{path}' holds objects outside the weights-only allow-list "
+                              f"({first.strip()}); expected tensors, numbers, strings and containers. Load it with "
+                              f"weights_only=False only if you trust its source") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(f"checkpoint file '{path}' ({size} bytes) is truncated or corrupt: {e}; "
+                              f"expected a complete torch.save zip archive") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"checkpoint file '{path}' has no field 'state_dict' (found {keys}); "
+                              f"expected a Lightning / bapose checkpoint")
+    return ckpt
+
+
+def _describe(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[str, Tensor],
+                                source: str = "checkpoint", expected_meta: Mapping[str, Any] | None = None,
+                                found_meta: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches.
+
+    Args:
+        expected: the target model's ``state_dict``.
+        found: the checkpoint's (already prefix-stripped) ``state_dict``.
+        source: how to name the checkpoint in the message (its path).
+        expected_meta / found_meta: optional ``bapose`` metadata; a differing K or dataset is named first.
+    """
+    problems: list[str] = []
+    if expected_meta and found_meta:
+        for field in ("num_keypoints", "meta"):
+            a, b = expected_meta.get(field), found_meta.get(field)
+            if a is not None and b is not None and a != b:
+                problems.append(f"field 'bapose.{field}' is {b!r} but the model expects {a!r}")
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    shapes = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(found))
+              if isinstance(found[k], Tensor) and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if missing:
+        problems.append(f"{len(missing)} keys missing from the checkpoint: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_describe(unexpected)}")
+    if shapes:
+        shown = "; ".join(shapes[:8]) + (f" (+{len(shapes) - 8} more)" if len(shapes) > 8 else "")
+        problems.append(f"{len(shapes)} shape mismatches: {shown}")
+    if problems:
+        raise CheckpointError(f"checkpoint '{source}' does not fit this model (another architecture or joint count "
+                              f"K?): " + " | ".join(problems))
+
+
+def extract_net_state(ckpt: Mapping[str, Any], prefer_ema: bool = True) -> dict[str, Tensor]:
+    """The net's weights from a bapose Lightning checkpoint: ``ema.module.*`` when present and preferred, else ``net.*``.
+
+    A bare ``state_dict`` without either prefix (a plain ``net.state_dict()``) is returned unchanged.
+    """
+    state = ckpt["state_dict"]
+    for prefix in (("ema.module.", "net.") if prefer_ema else ("net.",)):
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return dict(state)
+
+
+def load_net_weights(net: nn.Module, path: str | os.PathLike, prefer_ema: bool = True,
+                     expected_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load a checkpoint's net weights (EMA when present) into ``net`` after checking keys and shapes.
+
+    Returns:
+        The whole checkpoint dict (for its ``bapose`` metadata, epoch, ...).
+    """
+    ckpt = load_checkpoint_safely(path)
+    state = extract_net_state(ckpt, prefer_ema=prefer_ema)
+    check_state_dict_compatible(net.state_dict(), state, source=str(path), expected_meta=expected_meta,
+                                found_meta=ckpt.get("bapose"))
+    net.load_state_dict(state, strict=True)
+    return ckpt

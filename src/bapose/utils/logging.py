@@ -1,0 +1,124 @@
+"""Run bookkeeping for the CLIs: OmegaConf resolvers for W&B (offline unless logged in), metric tables, logger teardown.
+
+Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``:
+
+* ``${bapose.wandb_offline:}`` — ``False`` when ``WANDB_MODE=online`` or the user is logged in (``WANDB_API_KEY`` or
+  an ``api.wandb.ai`` entry in ``~/.netrc``, which is where ``wandb login`` stores the key); ``True`` otherwise, and
+  whenever ``WANDB_MODE`` is ``offline`` / ``dryrun`` / ``disabled``. Runs never block on a network that is not there.
+* ``${bapose.run_group:}`` — the sweep folder name in a Hydra multirun (all jobs of a sweep share a W&B group).
+* ``${bapose.run_name:}`` — ``<job name>`` for a single run, ``<job num>-<overrides>`` for a multirun job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger("bapose")
+
+
+def wandb_offline() -> bool:
+    """Whether W&B should log offline (see module docstring)."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode == "online":
+        return False
+    if mode in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+        return netrc.netrc(path).authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
+def _hydra_cfg() -> Any:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - hydra absent or half-initialised: behave as a plain run
+        return None
+
+
+def _is_multirun(hc: Any) -> bool:
+    return hc is not None and str(hc.mode) in ("RunMode.MULTIRUN", "MULTIRUN")
+
+
+def run_group() -> str | None:
+    """The sweep's folder name in a multirun (one W&B group per sweep), else ``None``."""
+    hc = _hydra_cfg()
+    if not _is_multirun(hc):
+        return None
+    return f"{hc.job.name}-{Path(str(hc.sweep.dir)).name}"
+
+
+def run_name() -> str | None:
+    """A readable W&B run name: job name, plus job number and overrides in a multirun."""
+    hc = _hydra_cfg()
+    if hc is None:
+        return None
+    if _is_multirun(hc):
+        overrides = hc.job.override_dirname or ""
+        return f"{hc.job.num}-{overrides}" if overrides else f"{hc.job.name}-{hc.job.num}"
+    return str(hc.job.name)
+
+
+def register_resolvers() -> None:
+    """Register the ``bapose.*`` OmegaConf resolvers (idempotent)."""
+    for name, fn in (("bapose.wandb_offline", wandb_offline), ("bapose.run_group", run_group),
+                     ("bapose.run_name", run_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
+
+
+def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
+    """A fixed-width two-row table of AP/AR numbers, keys in a stable, paper-like order."""
+    order = ["AP", "AP50", "AP75", "APm", "APl", "AP_easy", "AP_medium", "AP_hard", "AR", "AR50", "AR75", "ARm",
+             "ARl"]
+    keys = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
+    if not keys:
+        return f"{title}: (no metrics)"
+    width = max(7, *(len(k) + 1 for k in keys))
+    head = "".join(f"{k:>{width}}" for k in keys)
+    vals = "".join(f"{metrics[k]:>{width}.4f}" if isinstance(metrics[k], float) and math.isfinite(metrics[k])
+                   else f"{metrics[k]!s:>{width}}" for k in keys)
+    line = "-" * len(head)
+    return "\n".join(x for x in (title, line, head, vals, line) if x)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented json via a temp file + rename (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def finish_loggers(loggers: Iterable[Any] = ()) -> None:
+    """Flush every logger and end the W&B run, so the next multirun job starts its own run (not a resumed one)."""
+    for lg in loggers:
+        try:
+            lg.finalize("success")
+        except Exception as e:  # noqa: BLE001 - teardown must not hide the run's own result
+            log.warning("logger %s failed to finalize: %s", type(lg).__name__, e)
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
