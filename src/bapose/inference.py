@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ def predict(net: Net, images: Tensor, codec: BAPoseCodec, meta: DatasetMeta | No
         flip: average with the mirrored image's outputs.
         flip_index: alternative to ``meta``: a flip permutation of the K joints or of the K+1 heatmap channels
             (``meta.flip_index_with_center()``); giving it turns the flip test on.
-        scales: test scales; each resized image is rounded to ``size_divisor`` multiples. Heatmaps are averaged on
+        scales: test scales; each resized image is rounded up to ``size_divisor`` multiples. Heatmaps are averaged on
             the scale-1 grid, poses pooled over scales and de-duplicated by pose NMS.
 
     Returns:
@@ -68,8 +69,9 @@ def predict(net: Net, images: Tensor, codec: BAPoseCodec, meta: DatasetMeta | No
         return codec.decode(*_run(net, images, flip, flip_index))
     outputs, factors = [], []
     for s in scales:
-        hs = max(size_divisor, int(round(h * s / size_divisor)) * size_divisor)
-        ws = max(size_divisor, int(round(w * s / size_divisor)) * size_divisor)
+        # rounded up like the evaluation resize pads; the exact per-axis factors map poses back
+        hs = max(size_divisor, math.ceil(h * s / size_divisor) * size_divisor)
+        ws = max(size_divisor, math.ceil(w * s / size_divisor) * size_divisor)
         img = images if (hs, ws) == (h, w) else F.interpolate(images, size=(hs, ws), mode="bilinear",
                                                                  align_corners=False, antialias=s < 1)
         outputs.append(_run(net, img, flip, flip_index))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,8 +70,11 @@ def _downsample_mask(mask: np.ndarray, grid: tuple[int, int], stride: int) -> np
     if (H, W) != (h * stride, w * stride):
         raise DataError(f"encode: field 'ignore_mask' has shape {tuple(mask.shape)}; expected the input image size "
                         f"{(h * stride, w * stride)} or the output grid {(h, w)}")
-    frac = mask.reshape(h, stride, w, stride).mean(axis=(1, 3), dtype=np.float32)
-    return frac >= 0.5
+    if not mask.any():
+        return np.zeros((h, w), bool)
+    # area average of a 0/255 image (cv2's INTER_AREA is ~10x faster than a numpy block mean at 512^2)
+    frac = cv2.resize((mask != 0).view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_AREA)
+    return frac >= 128
 
 
 @dataclass(frozen=True)
