@@ -30,6 +30,26 @@ from bapose.paths import config_dir
 log = logging.getLogger("bapose")
 
 
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train",
+                   output_dir: str | Path | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as ``bapose-train`` would (for tests, notebooks and scripts).
+
+    The Hydra runtime config is installed too (``${hydra:...}`` interpolations resolve); ``output_dir`` replaces
+    ``paths.output_dir`` (Hydra only creates run folders in ``main``).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     """Build every ``_target_`` node of a ``{name: node}`` group (callbacks, loggers); ``None`` / empty gives ``[]``."""
     if not cfg:
@@ -135,7 +155,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if best is None:
             log.warning("no best checkpoint (fast_dev_run, or no validation ran): evaluating the current weights")
         # evaluate what the best checkpoint holds, on the full validation set (and test), as the paper reports
+        module.collect_results = True  # keep the COCO-format people of the final evaluation (val_results.json)
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        val_results = module.results
         metrics.update({f"val/{k}": v for k, v in module.last_metrics.get("val", {}).items()})
         if cfg.get("run_test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -153,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                             f"scales={list(scales)})"
                     print(blog.format_metrics_table(module.last_metrics[split], title), flush=True)
             blog.write_json(out_dir / "metrics.json", metrics)
+            blog.write_json(out_dir / "val_results.json", val_results)
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
                                         out_dir / "val_predictions.png", int(cfg.get("draw_images", 0) or 0))
             print(f"run folder: {out_dir}" + (f" (predictions drawn in {png.name})" if png else ""), flush=True)

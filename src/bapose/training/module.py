@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 import bapose
 from bapose.errors import BAPoseError, ConfigError
+from bapose.evaluation import to_coco_results
 from bapose.inference import predict, to_original
 from bapose.training.ema import ModelEMA
 from bapose.training.loss import BAPoseLoss
@@ -100,6 +101,10 @@ class BAPoseModule(L.LightningModule):
         self.eval_mode: str | None = None
         self.evaluator = None
         self.last_metrics: dict[str, dict[str, float]] = {}
+        # bapose-eval sets collect_results: the COCO-format results of the last val/test epoch, gathered over ranks
+        self.collect_results = False
+        self.results: list[dict[str, Any]] = []
+        self._collected: list[dict[str, Any]] = []
         self.nonfinite_steps = 0  # total skipped steps (also logged)
         self._nonfinite_in_a_row = 0
         self._last_step_finite = True
@@ -176,7 +181,7 @@ class BAPoseModule(L.LightningModule):
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
                      batch_size=bs)
             if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-                vals = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                vals = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise NonFiniteLossError(
                     f"training stopped: the loss was non-finite for {self._nonfinite_in_a_row} optimizer steps in a "
                     f"row (module.max_nonfinite_steps={self.max_nonfinite_steps}; epoch {self.current_epoch}, "
@@ -252,9 +257,27 @@ class BAPoseModule(L.LightningModule):
         poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
         scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
         self.evaluator.update(ids, poses, scores)
+        if self.collect_results:
+            self._collected.extend(to_coco_results(ids, poses, scores))
+
+    def _gather_results(self) -> list[dict[str, Any]]:
+        """Every rank's collected results; one copy per image id (DistributedSampler pads with repeated images)."""
+        parts = [self._collected]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self._collected)
+        owner: dict[int, int] = {}
+        out = []
+        for rank, part in enumerate(parts):
+            for r in part:
+                if owner.setdefault(int(r["image_id"]), rank) == rank:
+                    out.append(r)
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("val")
+        self._collected = []
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_flip, self.val_scales)
@@ -264,6 +287,7 @@ class BAPoseModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("test")
+        self._collected = []
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_flip, self.test_scales)
@@ -277,6 +301,8 @@ class BAPoseModule(L.LightningModule):
         stats = {k: float(v) for k, v in self.evaluator.compute().items()}
         stats = {k: (v if math.isfinite(v) else -1.0) for k, v in stats.items()}
         self.last_metrics[split] = stats
+        if self.collect_results:
+            self.results = self._gather_results()
         self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,0 +1,112 @@
+"""``bapose-eval``: score a checkpoint on a dataset split (COCO AP, or CrowdPose AP easy/medium/hard).
+
+``evaluate(cfg)`` is a plain function; ``main()`` the thin Hydra entry point over ``conf/eval.yaml``::
+
+    bapose-eval ckpt_path=outputs/train/runs/<stamp>/checkpoints/last.ckpt
+    bapose-eval ckpt_path=... data=crowdpose data.root=/data/crowdpose split=test test.flip=true test.scales=[0.5,1,2]
+    bapose-eval ckpt_path=... trainer=ddp trainer.devices=4          # results gathered over ranks, scored once
+
+The checkpoint is loaded with ``torch.load(weights_only=True)``; the net is rebuilt from the model config the
+checkpoint carries, and a checkpoint of another architecture or joint count fails naming the keys/shapes that differ.
+Writes ``metrics.json`` and the COCO-format ``results.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
+from bapose.cli.train import build_datamodule
+from bapose.errors import CheckpointError, ConfigError
+from bapose.paths import config_dir
+from bapose.training import BAPoseModule
+from bapose.utils.checkpoint import check_state_dict_compatible, extract_net_state, load_checkpoint_safely
+
+log = logging.getLogger("bapose")
+
+
+def model_config_for(cfg: DictConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model config to rebuild: the checkpoint's own (``bapose.model``) unless told otherwise, never pretrained
+    (the checkpoint holds the weights; nothing may be downloaded)."""
+    stored = (ckpt.get("bapose") or {}).get("model")
+    if cfg.get("model_from_checkpoint", True) and stored:
+        model_cfg = dict(stored)
+    else:
+        if cfg.get("model") is None:
+            raise ConfigError(f"checkpoint '{cfg.ckpt_path}' has no field 'bapose.model' and no model= was given; "
+                              f"expected one of them to say which net to build")
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if "pretrained" in model_cfg:
+        model_cfg["pretrained"] = False
+    return model_cfg
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; returns ``{"<split>/AP": ..., ...}``."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    split = cfg.get("split", "val")
+    if split not in ("val", "test"):
+        raise ConfigError(f"field 'split' is {split!r}; expected 'val' or 'test'")
+    path = Path(str(cfg.ckpt_path))
+    ckpt = load_checkpoint_safely(path)
+    stored = ckpt.get("bapose") or {}
+
+    datamodule = build_datamodule(cfg)
+    meta = datamodule.meta
+    net = instantiate(model_config_for(cfg, ckpt))
+    state = extract_net_state(ckpt, prefer_ema=bool(cfg.get("prefer_ema", True)))
+    check_state_dict_compatible(net.state_dict(), state, source=str(path),
+                                expected_meta={"num_keypoints": meta.num_keypoints},
+                                found_meta={"num_keypoints": stored.get("num_keypoints")})
+    net.load_state_dict(state, strict=True)
+    if stored.get("meta") not in (None, meta.name):
+        warnings.warn(f"checkpoint '{path}' was trained on '{stored['meta']}' and is scored on '{meta.name}' "
+                      f"(same K={meta.num_keypoints})", stacklevel=2)
+    if stored.get("input_size") not in (None, datamodule.input_size):
+        log.warning("checkpoint '%s' was trained at input size %s; evaluating at data.input_size=%s", path,
+                    stored["input_size"], datamodule.input_size)
+
+    flip, scales = bool(cfg.test.flip), [float(s) for s in cfg.test.scales]
+    module = BAPoseModule(net, codec=datamodule.codec, val_flip=flip, val_scales=scales, test_flip=flip,
+                          test_scales=scales, model_config=stored.get("model"))
+    module.collect_results = True
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    if split == "val":
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    else:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+
+    stats = module.last_metrics[split]
+    metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in stats.items()}
+    metrics.update({"ckpt_path": str(path), "split": split, "flip": flip, "scales": scales,
+                    "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_global_step": ckpt.get("global_step")})
+    if trainer.is_global_zero:
+        out_dir = Path(cfg.paths.output_dir)
+        blog.write_json(out_dir / "results.json", module.results)
+        blog.write_json(out_dir / "metrics.json", metrics)
+        print(blog.format_metrics_table(stats, f"{split} AP of {path} (flip={flip}, scales={scales}, "
+                                               f"{len(module.results)} people)"), flush=True)
+        print(f"run folder: {out_dir} (results.json, metrics.json)", flush=True)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except CheckpointError as e:
+        # one actionable line instead of a traceback: which file, what is wrong with it
+        raise SystemExit(f"bapose-eval: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Loss, LightningModule behaviours (non-finite guard, warmup, EMA) and a fast_dev_run of the real train config."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from bapose.cli.evaluate import evaluate
+from bapose.cli.train import compose_config, train
+from bapose.errors import CheckpointError
+from bapose.training import BAPoseLoss, BAPoseModule, ModelEMA, NonFiniteLossError
+from bapose.utils.checkpoint import load_checkpoint_safely
+
+# the real configs, shrunk: 64 px generated images, a handful of them, no workers, CSV logging only
+TINY = [
+    "data.input_size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=64",
+    "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.persistent_workers=false",
+    "data.pin_memory=false", "logger=[csv]", "draw_images=1",
+]
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+def _targets(b=2, k=3, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.rand(b, k + 1, h, w, generator=g)
+    hw = torch.where(hm > 0.5, 1.0, 0.1)
+    off = torch.randn(b, 2 * k, h, w, generator=g) * 3
+    ow = torch.zeros(b, 1, h, w)
+    ow[0, 0, 2:4, 2:5] = 0.25  # 6 positive pixels in image 0, 2 in image 1
+    ow[1, 0, 5, 5:7] = 0.5
+    return hm, hw, off, ow
+
+
+def test_loss_is_zero_for_perfect_predictions_and_dekr_units():
+    hm, hw, off, ow = _targets()
+    loss = BAPoseLoss()
+    zero = loss(hm, off, hm, hw, off, ow)
+    assert float(zero["loss"]) == 0.0
+
+    pred_hm = hm + 0.1
+    pred_off = off + 2.0  # |err| = 2 > beta: smooth-L1 = 2 - beta/2
+    out = loss(pred_hm, pred_off, hm, hw, off, ow)
+    k2 = off.shape[1]
+    exp_hm = float((hw * 0.01).mean())
+    num_pos = 8 * k2  # positive pixels x 2K channels, as DEKR counts after broadcasting its weights
+    exp_off = 0.03 * float((ow.expand_as(off) * (2.0 - 0.5 / 9)).sum()) / num_pos
+    assert float(out["heatmap"]) == pytest.approx(exp_hm, rel=1e-5)
+    assert float(out["offset"]) == pytest.approx(exp_off, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(exp_hm + exp_off, rel=1e-5)
+    # (1, h, w) weights broadcast exactly like explicit (2K, h, w) weights
+    full = loss(pred_hm, pred_off, hm, hw, off, ow.expand_as(off).clone())
+    assert float(full["offset"]) == pytest.approx(float(out["offset"]), rel=1e-6)
+
+
+def test_loss_without_people_does_not_divide_by_zero():
+    hm, hw, off, ow = _targets()
+    out = BAPoseLoss()(hm, off + 1, hm, hw, off, torch.zeros_like(ow))
+    assert float(out["offset"]) == 0.0 and math.isfinite(float(out["loss"]))
+
+
+# ---------------------------------------------------------------------------------------------------- module
+class TinyNet(nn.Module):
+    """Stand-in with the BAPoseNet contract: stride 4, K+1 heatmaps, 2K offsets."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.num_keypoints, self.stride = k, 4
+        self.conv = nn.Conv2d(3, 3 * k + 1, 4, stride=4)
+        self.bn = nn.BatchNorm2d(3 * k + 1)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y[:, : self.num_keypoints + 1], y[:, self.num_keypoints + 1:]
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, n: int, k: int = 3, poison: set[int] = frozenset()) -> None:
+        self.n, self.k, self.poison = n, k, poison
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        hm = torch.rand(self.k + 1, 4, 4, generator=g)
+        if i in self.poison:
+            hm[0, 0, 0] = float("nan")
+        return {"image": torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8, generator=g), "heatmaps": hm,
+                "heatmap_weights": torch.ones_like(hm), "offsets": torch.randn(2 * self.k, 4, 4, generator=g),
+                "offset_weights": torch.ones(1, 4, 4), "image_id": i}
+
+
+def _module(**kw) -> BAPoseModule:
+    torch.manual_seed(0)
+    return BAPoseModule(TinyNet(), codec=object(), optimizer=functools.partial(torch.optim.SGD, lr=0.1), **kw)
+
+
+def _fit(module, data, tmp_path, **trainer_kw):
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, **trainer_kw)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1))
+    return trainer
+
+
+def test_nonfinite_loss_step_is_skipped_and_counted(tmp_path):
+    module = _module(max_nonfinite_steps=3)
+    before = {k: v.detach().clone() for k, v in module.net.named_parameters()}
+    trainer = _fit(module, _Batches(1, poison={0}), tmp_path, max_steps=1)
+    # the only batch was NaN: no update happened, the counter says so, the weights are untouched and finite
+    assert module.nonfinite_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in module.net.named_parameters())
+    assert trainer.optimizers[0].state == {}  # SGD never stepped a parameter
+
+    module = _module(max_nonfinite_steps=3)
+    _fit(module, _Batches(3, poison={1}), tmp_path, max_epochs=1)
+    assert module.nonfinite_steps == 1 and module._nonfinite_in_a_row == 0  # a good step resets the streak
+
+
+def test_nonfinite_streak_stops_training_with_message_and_no_checkpoint(tmp_path):
+    module = _module(max_nonfinite_steps=2)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, max_epochs=1,
+                        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True,
+                                                                       every_n_train_steps=1)])
+    with pytest.raises(NonFiniteLossError, match=r"non-finite for 2 optimizer steps in a row.*max_nonfinite_steps=2"):
+        trainer.fit(module, torch.utils.data.DataLoader(_Batches(4, poison={0, 1, 2, 3}), batch_size=1))
+    # the skipped steps never touched the weights: whatever was saved holds exactly the initial, finite weights
+    init = _module(max_nonfinite_steps=2).net.state_dict()
+    saved = sorted((tmp_path / "ck").glob("*.ckpt"))
+    assert saved
+    for path in saved:
+        state = load_checkpoint_safely(path)["state_dict"]
+        assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+        torch.testing.assert_close(state["net.conv.weight"], init["conv.weight"])
+
+
+def test_checkpoint_with_nonfinite_weights_is_refused():
+    module = _module()
+    with torch.no_grad():
+        module.net.conv.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match=r"net\.conv\.weight"):
+        module.on_save_checkpoint({"state_dict": module.state_dict()})
+
+
+def test_warmup_scales_lr_for_the_step_only(tmp_path):
+    seen = []
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    module = _module(warmup_steps=4)
+    trainer = _fit(module, _Batches(3), tmp_path, max_epochs=1, callbacks=[Spy()])
+    assert seen == pytest.approx([0.025, 0.05, 0.075])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)  # the schedule's own LR is untouched
+
+
+def test_ema_tracks_weights_and_is_used_for_eval(tmp_path):
+    net = TinyNet()
+    ema = ModelEMA(net, decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    old = [p.clone() for p in ema.module.parameters()]
+    ema.update(net)  # first update: decay min(0.5, 1/10) = 0.1
+    for o, p, q in zip(old, ema.module.parameters(), net.parameters()):
+        torch.testing.assert_close(p, 0.1 * o + 0.9 * q)
+    module = _module(ema_decay=0.9)
+    assert module.eval_net is module.ema.module
+    _fit(module, _Batches(2), tmp_path, max_epochs=1)
+    assert int(module.ema.num_updates) == 2
+    assert not torch.equal(module.ema.module.conv.weight, module.net.conv.weight)
+
+
+# ---------------------------------------------------------------------------------------------------- real config
+def test_fast_dev_run_of_the_real_train_config(tmp_path):
+    torch.set_num_threads(1)
+    cfg = compose_config(["debug=fast_dev_run", *TINY], output_dir=tmp_path)
+    metrics = train(cfg)
+    for key in ("val/AP", "val/AR", "test/AP"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["global_step"] == 1 and metrics["nonfinite_steps"] == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["val/AP"] == metrics["val/AP"]
+    png = tmp_path / "val_predictions.png"
+    assert png.is_file() and png.stat().st_size > 100
+
+
+def test_eval_of_saved_checkpoint_reproduces_training_ap(tmp_path):
+    torch.set_num_threads(1)
+    run = tmp_path / "train"
+    cfg = compose_config(["debug=limit", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "run_test=false",
+                          "optimizer.lr=0.003", *TINY], output_dir=run)
+    metrics = train(cfg)
+    best = metrics["best_model_path"]
+    assert best.endswith(".ckpt") and (run / "checkpoints" / "last.ckpt").is_file()
+
+    ev = compose_config([f"ckpt_path={best}", *[o for o in TINY if not o.startswith(("logger", "draw"))],
+                         "+trainer.limit_val_batches=2"], config_name="eval", output_dir=tmp_path / "eval")
+    out = evaluate(ev)
+    for k in ("AP", "AP50", "AR"):
+        assert out[f"val/{k}"] == pytest.approx(metrics[f"val/{k}"], abs=1e-12)
+    # AP of a 6-step model is ~0, so compare what it is computed from: the very same people, keypoints and scores
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    at_train = json.loads((run / "val_results.json").read_text())
+    assert len(results) > 0 and {"image_id", "keypoints", "score"} <= set(results[0])
+    key = lambda r: (r["image_id"], -r["score"])  # noqa: E731
+    assert sorted(results, key=key) == sorted(at_train, key=key)
