@@ -20,7 +20,8 @@ Labels (COCO conventions, ``v`` per joint):
 - ``v=2``: inside the image and not covered by a nearer person's body.
 - ``v=1``: labelled but occluded — the joint pixel is covered by a nearer person (self-occlusion is not marked).
 - ``v=0`` with ``x = y = 0``: outside the image.
-- ``bbox``, ``area`` and the polygon ``segmentation`` describe the *visible* body mask (what COCO annotates).
+- ``bbox``, ``area`` and ``segmentation`` describe the *visible* body mask (what COCO annotates): polygons, or an
+  uncompressed RLE where a nearer person cuts a hole in the mask (polygons cannot hold holes).
 - Layouts where a labelled person would keep less than ``min_visible`` of its body, fewer than half its joints inside
   the image or fewer than 3 unoccluded joints are re-sampled, so every labelled person is recognisable.
 - Tiny background people get ``num_keypoints = 0`` (COCO leaves small people unlabelled); a cluster of them may form
@@ -41,7 +42,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -279,7 +280,7 @@ def _make_figure(rng: np.random.Generator, height_px: float, centre_x: float, fo
 
     def add(shapes: list[tuple], colour: np.ndarray) -> None:
         col = tuple(float(c) for c in np.clip(colour, 0, 255))
-        prims.extend(s + (col,) for s in shapes)
+        prims.extend(_fixed(s) + (col,) for s in shapes)
 
     for side in ("left", "right"):
         add(_capsule(P[f"{side}_hip"], P[f"{side}_knee"], 0.08 * h, 0.065 * h), leg_col[side])
@@ -330,22 +331,29 @@ def _make_figure(rng: np.random.Generator, height_px: float, centre_x: float, fo
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel drawing, pixel centres at integer coordinates (COCO convention)
 
 
-def _fx(p: np.ndarray) -> np.ndarray:
-    return np.round(np.asarray(p) * (1 << _SHIFT)).astype(np.int32)
+def _fixed(shape: tuple) -> tuple:
+    """A primitive in cv2's fixed-point form, converted once (each figure is drawn twice: mask and colour)."""
+    k, scale = shape[0], float(1 << _SHIFT)
+    if k == "poly":
+        return (k, np.round(np.asarray(shape[1]) * scale).astype(np.int32).reshape(-1, 1, 2))
+    centre = (int(round(float(shape[1][0]) * scale)), int(round(float(shape[1][1]) * scale)))
+    if k == "circle":
+        return (k, centre, int(round(max(float(shape[2]), 0.5) * scale)))
+    axes = tuple(int(round(max(float(a), 0.5) * scale)) for a in shape[2])
+    return (k, centre, axes, float(shape[3]))  # ellipse: centre, semi-axes, angle in degrees
 
 
 def _draw(canvas: np.ndarray, prims: list[tuple], colour: Any = None, aa: bool = True) -> None:
-    """Draw primitives in order; ``colour`` overrides each primitive's own colour (masks)."""
+    """Draw fixed-point primitives in order; ``colour`` overrides each primitive's own colour (masks)."""
     line = cv2.LINE_AA if aa else cv2.LINE_8
     for prim in prims:
         kind, col = prim[0], (prim[-1] if colour is None else colour)
         if kind == "poly":
-            cv2.fillPoly(canvas, [_fx(prim[1]).reshape(-1, 1, 2)], col, line, _SHIFT)
+            cv2.fillPoly(canvas, [prim[1]], col, line, _SHIFT)
         elif kind == "circle":
-            cv2.circle(canvas, tuple(_fx(prim[1])), int(_fx(max(prim[2], 0.5))), col, -1, line, _SHIFT)
-        else:  # ellipse: centre, (semi-axes), angle in degrees
-            axes = tuple(int(_fx(max(a, 0.5))) for a in prim[2])
-            cv2.ellipse(canvas, tuple(_fx(prim[1])), axes, float(prim[3]), 0, 360, col, -1, line, _SHIFT)
+            cv2.circle(canvas, prim[1], prim[2], col, -1, line, _SHIFT)
+        else:
+            cv2.ellipse(canvas, prim[1], prim[2], prim[3], 0, 360, col, -1, line, _SHIFT)
 
 
 def _mask(prims: list[tuple], shape: tuple[int, int]) -> np.ndarray:
@@ -376,8 +384,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         kind = rng.integers(3)
         s = min(h, w)
         if kind == 0:
-            cv2.rectangle(img, (int(x), int(y)), (int(x + rng.uniform(0.05, 0.4) * s), int(y + rng.uniform(0.05, 0.4) * s)),
-                          col, -1, cv2.LINE_AA)
+            x1, y1 = x + rng.uniform(0.05, 0.4) * s, y + rng.uniform(0.05, 0.4) * s
+            cv2.rectangle(img, (int(x), int(y)), (int(x1), int(y1)), col, -1, cv2.LINE_AA)
         elif kind == 1:
             cv2.ellipse(img, (int(x), int(y)), (int(rng.uniform(0.02, 0.2) * s), int(rng.uniform(0.02, 0.2) * s)),
                         float(rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA)
@@ -508,11 +516,18 @@ def render_scene(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray,
 
 # ------------------------------------------------------------------------------------------------- annotations
 def _polygons(mask: np.ndarray) -> list[list[float]]:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polys = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+    """COCO polygons of a mask that pycocotools rasterises back to (nearly) the same pixels.
+
+    pycocotools' polygon space has pixel ``x`` spanning ``[x, x + 1]``. Contours of the 2x nearest-upsampled mask
+    (sub-pixel ``u`` centred at ``u / 2 + 0.25``) run a quarter pixel inside the rim, so rim pixels survive; contours
+    through rim pixel centres would lose about half of them (a quarter of a thin limb's area).
+    """
+    up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = [(c.reshape(-1) / 2.0 + 0.25).round(2).tolist() for c in contours if len(c) >= 3]
     if not polys:  # slivers: fall back to the box so the segmentation is a valid polygon
         ys, xs = np.nonzero(mask)
-        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         polys = [[x0, y0, x1, y0, x1, y1, x0, y1]]
     return polys
 
@@ -526,6 +541,16 @@ def _rle(mask: np.ndarray) -> dict:
     if flat[0]:
         counts = [0] + counts
     return {"counts": counts, "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def _segmentation(mask: np.ndarray) -> list[list[float]] | dict:
+    """Polygons (COCO's form for people) when they rasterise back to the mask; RLE otherwise — a nearer person's
+    limb across the body leaves a hole that COCO polygons (a union) cannot represent."""
+    polys = _polygons(mask)
+    back = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, *mask.shape))).astype(bool)
+    if (back ^ mask).sum() <= 0.02 * mask.sum():
+        return polys
+    return _rle(mask)
 
 
 def _crowd_index(kps: list[np.ndarray], boxes: list[list[float]]) -> float:
@@ -568,7 +593,7 @@ def _render_one(args: tuple[SynthSpec, str, int, str]) -> tuple[dict, list[dict]
             "keypoints": [v for row in kps for v in (_r(row[0]), _r(row[1]), int(row[2]))],
             "num_keypoints": n, "bbox": bbox, "area": float(person["mask"].sum()),
             "iscrowd": int(person["iscrowd"]),
-            "segmentation": _rle(person["mask"]) if person["iscrowd"] else _polygons(person["mask"]),
+            "segmentation": _rle(person["mask"]) if person["iscrowd"] else _segmentation(person["mask"]),
         })
         if n > 0:
             labelled_kps.append(kps)
@@ -596,6 +621,15 @@ def _coco_json(spec: SynthSpec, split: str, results: list[tuple[dict, list[dict]
     }
 
 
+def _spec(**params: Any) -> SynthSpec:
+    known = {f.name for f in fields(SynthSpec)} - {"version"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"synthetic data: unknown option(s) {unknown}; expected some of {sorted(known)} "
+                          f"(or 'root', 'workers')")
+    return SynthSpec(**params)
+
+
 def dataset_paths(root: Path) -> dict[str, Path]:
     """Where a generated dataset keeps its files: ``annotations/{train,val}.json``, ``{train,val}/*.jpg``."""
     root = Path(root)
@@ -612,7 +646,7 @@ def generate(out_dir: Path, spec: SynthSpec | None = None, workers: int = 1, **p
         workers: processes; >1 renders images in parallel (same bytes: every image has its own seed).
     """
     if spec is None:
-        spec = SynthSpec(**params)
+        spec = _spec(**params)
     elif params:
         raise ConfigError(f"generate: pass either spec or parameters, not both (got {sorted(params)})")
     paths = dataset_paths(Path(out_dir))
@@ -695,8 +729,8 @@ def ensure_dataset(root: Path | None, num_train: int, num_val: int, image_size: 
     Returns:
         ``{"train_ann", "train_images", "val_ann", "val_images"}`` paths.
     """
-    spec = SynthSpec(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                     keypoint_set=keypoint_set, people=people, **params)
+    spec = _spec(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                 keypoint_set=keypoint_set, people=people, **params)
     root = Path(root) if root is not None else cache_dir() / "synthetic" / spec.key()
     if _check_complete(root, spec):
         return dataset_paths(root)
