@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from bapose.errors import CheckpointError
 
-# Types Lightning (and torch's schedulers) put in a checkpoint besides tensors and builtins:
-# MultiStepLR keeps its milestones in a Counter; ModelCheckpoint / loops state are plain dicts of numbers and strings.
+# Types a Lightning checkpoint may hold besides tensors and builtin containers. torch >= 2.6 already accepts
+# MultiStepLR's Counter and OrderedDict; they are listed so older/newer torch behave the same. ModelCheckpoint and
+# the loops store plain dicts of numbers and strings.
 SAFE_GLOBALS: list[Any] = [collections.Counter, collections.OrderedDict, collections.defaultdict]
 
 
@@ -44,7 +45,9 @@ def _add_optional_safe_globals() -> None:
         from omegaconf.base import ContainerMetadata, Metadata
         from omegaconf.nodes import AnyNode
 
-        SAFE_GLOBALS.extend([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, dict, list])
+        # the builtin types appear as the containers' key/element type hints
+        SAFE_GLOBALS.extend([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, dict, list,
+                             int, float, str, bool])
 
 
 _add_optional_safe_globals()
@@ -60,7 +63,7 @@ def assert_finite_state(state: Mapping[str, Any], source: str = "checkpoint") ->
                               f"hold NaN/inf; expected finite values (the run diverged)")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike, save: Callable[[Any, Any], None] = torch.save) -> None:
+def atomic_torch_save(obj: Any, path: str | os.PathLike, save: Callable[[Any, Any], None] | None = None) -> None:
     """``torch.save`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``, dir fsync.
 
     The temp file is removed on any exception; the previous file at ``path`` is untouched until the final rename.
@@ -70,7 +73,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, save: Callable[[Any, An
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            save(obj, f)
+            (save or torch.save)(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
