@@ -202,7 +202,7 @@ def test_eval_of_saved_checkpoint_reproduces_training_ap(tmp_path):
     assert best.endswith(".ckpt") and (run / "checkpoints" / "last.ckpt").is_file()
 
     ev = compose_config([f"ckpt_path={best}", *[o for o in TINY if not o.startswith(("logger", "draw"))],
-                         "+trainer.limit_val_batches=2"], config_name="eval", output_dir=tmp_path / "eval")
+                         "trainer.limit_val_batches=2"], config_name="eval", output_dir=tmp_path / "eval")
     out = evaluate(ev)
     for k in ("AP", "AP50", "AR"):
         assert out[f"val/{k}"] == pytest.approx(metrics[f"val/{k}"], abs=1e-12)

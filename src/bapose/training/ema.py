@@ -24,7 +24,9 @@ class ModelEMA(nn.Module):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ModelEMA: field 'decay' is {decay}; expected a float in (0, 1)")
-        self.module = copy.deepcopy(net).eval()
+        # train/eval mode follows the LightningModule (Lightning switches it for validation); it never sees a
+        # training forward, so its BatchNorm statistics only come from `update`
+        self.module = copy.deepcopy(net)
         self.module.requires_grad_(False)
         self.decay = float(decay)
         # a buffer, so resuming from a checkpoint restores the ramp position
