@@ -1,0 +1,124 @@
+"""Every config composes; every paper experiment instantiates its net and module (no data, no downloads)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bapose.cli.train import build_module, compose_config
+from bapose.codecs import BAPoseCodec
+from bapose.paths import config_dir
+from bapose.training import BAPoseModule
+from bapose.utils import logging as blog
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+PAPER_ROWS = {"coco_w32_512", "coco_w48_640", "crowdpose_w32_512", "crowdpose_w48_640", "coco_dekr_w32_512",
+              "coco_dekr_w48_640", "crowdpose_dekr_w32_512", "crowdpose_dekr_w48_640"}
+
+
+def test_every_paper_row_has_an_experiment():
+    assert PAPER_ROWS | {"demo"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(name, tmp_path):
+    torch.set_num_threads(1)
+    cfg = compose_config([f"experiment={name}", "model.pretrained=false"], output_dir=tmp_path)
+    size = cfg.data.input_size
+    if name in PAPER_ROWS:
+        dataset, *rest = name.split("_")
+        width, paper_size = rest[-2], int(rest[-1])
+        coco = dataset == "coco"
+        assert size == paper_size and cfg.data.num_keypoints == (17 if coco else 14)
+        assert cfg.model.backbone == f"hrnet_{width}" and (cfg.model.decoder is None) == ("dekr" in name)
+        assert cfg.trainer.max_epochs == (140 if coco else 300)
+        assert list(cfg.scheduler.milestones) == ([90, 120] if coco else [200, 260])
+        assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
+        assert 40 <= cfg.data.batch_size * cfg.trainer.devices <= 80  # DESIGN §4: 40-80 images per step
+    t0 = time.perf_counter()
+    module = build_module(cfg, codec=BAPoseCodec(input_size=size))
+    assert isinstance(module, BAPoseModule) and module.net.num_keypoints == cfg.data.num_keypoints
+    assert module.model_config["backbone"] == cfg.model.backbone
+    opt = module.configure_optimizers()
+    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    if name == "demo":  # the demo must run as configured: one forward at its input size gives the contract shapes
+        with torch.no_grad():
+            hm, off = module.eval()(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+        k = cfg.data.num_keypoints
+        assert hm.shape == (1, k + 1, size // 4, size // 4) and off.shape == (1, 2 * k, size // 4, size // 4)
+    assert time.perf_counter() - t0 < 60
+
+
+def test_trainer_presets(tmp_path):
+    cpu = compose_config(["trainer=cpu"], output_dir=tmp_path)
+    trainer = instantiate(cpu.trainer, logger=False)
+    assert trainer.max_epochs == cpu.trainer.max_epochs
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    ddp_cpu = compose_config(["trainer=ddp_cpu"], output_dir=tmp_path)
+    trainer = instantiate(ddp_cpu.trainer, logger=False)  # builds the strategy; processes start only in fit
+    assert trainer.strategy.process_group_backend == "gloo" and trainer.num_devices == 2
+    for preset, precision in (("gpu", "bf16-mixed"), ("ddp", "bf16-mixed")):
+        cfg = compose_config([f"trainer={preset}"], output_dir=tmp_path).trainer
+        assert cfg.accelerator == "gpu" and cfg.precision == precision
+    assert compose_config(["trainer=ddp"], output_dir=tmp_path).trainer.sync_batchnorm is True
+
+
+def test_loggers_and_callbacks_compose(tmp_path, monkeypatch):
+    cfg = compose_config([], output_dir=tmp_path)
+    assert set(cfg.logger) == {"csv", "wandb"} and cfg.logger.wandb.log_model is False
+    assert cfg.callbacks.model_checkpoint.monitor == "val/AP" and cfg.callbacks.model_checkpoint.mode == "max"
+    assert cfg.callbacks.last_checkpoint.save_last is True
+    assert compose_config(["logger=[csv]"], output_dir=tmp_path).logger.keys() == {"csv"}
+
+
+def test_wandb_is_offline_unless_logged_in_or_online(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert blog.wandb_offline() is True  # no key anywhere
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert blog.wandb_offline() is False  # `wandb login` wrote the key
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert blog.wandb_offline() is True
+    monkeypatch.setenv("WANDB_MODE", "online")
+    (tmp_path / "netrc").unlink()
+    assert blog.wandb_offline() is False
+    cfg = compose_config([], output_dir=tmp_path)
+    assert cfg.logger.wandb.offline is False and cfg.logger.wandb.group is None  # not a multirun
+
+
+def test_sweep_and_launcher_presets(tmp_path):
+    ws = compose_config(["sweep=widths_sizes"], output_dir=tmp_path)
+    assert OmegaConf.to_container(ws.hydra.sweeper.params) == {"model": "bapose_w32,bapose_w48",
+                                                               "data.input_size": "512,640"}
+    assert str(ws.hydra.mode) == "RunMode.MULTIRUN"
+    dil = compose_config(["sweep=dilations"], output_dir=tmp_path)
+    assert "[1,6,12,18]" in dil.hydra.sweeper.params["model.decoder.dilations"]
+    opt = compose_config(["sweep=optuna"], output_dir=tmp_path)
+    assert opt.hydra.sweeper._target_.endswith("OptunaSweeper") and opt.hydra.sweeper.direction == "maximize"
+    assert opt.optimized_metric == "val/AP"
+    slurm = compose_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+                           output_dir=tmp_path)
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    # one SLURM task per GPU: Lightning's SLURMEnvironment maps tasks to DDP ranks
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (config_dir() / "debug").glob("*.yaml")))
+def test_debug_presets_compose(preset, tmp_path):
+    cfg = compose_config([f"debug={preset}"], output_dir=tmp_path)
+    assert cfg.task_name == "debug" and cfg.data.num_workers == 0 or preset == "profiler"
+
+
+def test_eval_config_composes(tmp_path):
+    cfg = compose_config(["ckpt_path=x.ckpt", "data=crowdpose", "test.flip=true", "test.scales=[0.5,1,2]"],
+                         config_name="eval", output_dir=tmp_path)
+    assert cfg.test.flip is True and list(cfg.test.scales) == [0.5, 1, 2] and cfg.data.num_keypoints == 14
+    assert Path(cfg.paths.output_dir) == tmp_path
