@@ -1,0 +1,133 @@
+"""Numpy-only decoding of BAPose / DEKR outputs, for deployments that run the ONNX model without PyTorch.
+
+It mirrors :meth:`bapose.codecs.BAPoseCodec.decode` step by step (same conventions, same knobs), so the poses are the
+same as the torch codec's on the same maps (``tests/test_export.py`` checks it):
+
+1. center NMS: a center-map pixel is a candidate when it equals the max of its ``nms_kernel`` neighbourhood
+   (kernel 3 / 5 / 7 from the map size when ``nms_kernel=0``, as DEKR);
+2. top-k: the ``max_people`` best candidates, kept when their score is > ``center_threshold``;
+3. offsets -> poses: joint ``k`` of the person centred at grid pixel ``p`` is at ``p + offset_k(p)`` (grid pixels,
+   offsets ``(x0, y0, x1, y1, ...)``), mapped to input pixels by ``x = (g + 0.5) * stride - 0.5``;
+4. joint scores: center score x the joint's heatmap, bilinearly sampled at the joint (0 outside the map);
+   person score = mean joint score;
+5. pose NMS: a pose is dropped when more than ``pose_nms_fraction * K`` of its joints lie within
+   ``pose_nms_ratio`` x (the better pose's joint-box diagonal) of a better pose's joints.
+
+Poses come back in **input-image pixels** (the network input); map them to the original image with the inverse of the
+resize you applied (``bapose.inference.to_original`` does it for an affine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from bapose.errors import DataError
+
+__all__ = ["decode_numpy", "nms_kernel_for"]
+
+
+def nms_kernel_for(h: int, w: int, nms_kernel: int = 0) -> int:
+    """Center max-pool kernel: ``nms_kernel`` when set, else 3 / 5 / 7 for a mean grid side <= 200 / <= 300 / more."""
+    if nms_kernel:
+        return int(nms_kernel)
+    size = (h + w) / 2
+    return 3 if size <= 200 else 5 if size <= 300 else 7
+
+
+def _max_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """``(B, h, w)`` -> same shape: max over a ``k x k`` window, stride 1, -inf padding (``F.max_pool2d``)."""
+    r = k // 2
+    padded = np.pad(x, ((0, 0), (r, r), (r, r)), constant_values=-np.inf)
+    return sliding_window_view(padded, (k, k), axis=(1, 2)).max(axis=(-2, -1))
+
+
+def _bilinear(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Value of ``maps (C, h, w)`` channel ``c`` at ``(x[..., c], y[..., c])`` grid pixels -> ``x.shape``.
+
+    Bilinear between pixel centres; corners outside the map read 0 (``grid_sample`` zeros padding,
+    ``align_corners=True``, as the torch codec samples).
+    """
+    c, h, w = maps.shape
+    # the torch codec normalises by max(side - 1, 1): a 1-pixel side always samples its only pixel
+    x = x * ((w - 1) / max(w - 1, 1))
+    y = y * ((h - 1) / max(h - 1, 1))
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    ch = np.broadcast_to(np.arange(c), x.shape)
+    out = np.zeros(x.shape, np.float64)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            val = maps[ch, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+            out += np.where(inside, val * wx * wy, 0.0)
+    return out
+
+
+def _pose_nms(poses: np.ndarray, scores: np.ndarray, ratio: float, fraction: float) -> np.ndarray:
+    """Indices (best first) of the poses ``(M, K, 3)`` that do not duplicate a better one."""
+    m, k = poses.shape[:2]
+    if m == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    xy = poses[order, :, :2]
+    diag = np.linalg.norm(xy.max(1) - xy.min(1), axis=-1)  # (M,)
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)  # (M, M, K)
+    dup = (dist < ratio * diag[:, None, None]).sum(-1) > fraction * k
+    alive = np.ones(m, bool)
+    for i in range(m):  # M <= max_people: a loop over people, not pixels
+        if alive[i]:
+            alive[i + 1:] &= ~dup[i, i + 1:]
+    return order[alive]
+
+
+def decode_numpy(heatmaps: np.ndarray, offsets: np.ndarray, stride: int = 4, max_people: int = 30,
+                 center_threshold: float = 0.01, nms_kernel: int = 0, pose_nms_ratio: float = 0.05,
+                 pose_nms_fraction: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """People from the network's maps, with numpy only.
+
+    Args:
+        heatmaps: ``(B, K+1, h, w)`` or ``(K+1, h, w)``, the center map last (the ONNX output ``heatmaps``).
+        offsets: ``(B, 2K, h, w)`` or ``(2K, h, w)``, ``(x0, y0, x1, y1, ...)`` in grid pixels (output ``offsets``).
+        stride: network output stride (4).
+        max_people, center_threshold, nms_kernel, pose_nms_ratio, pose_nms_fraction: the codec's decode knobs
+            (``conf/codec/default.yaml``); the defaults are the codec's.
+
+    Returns:
+        one ``(poses (M, K, 3), scores (M,))`` per image, float64: ``(x, y, joint score)`` in input-image pixels,
+        best person first.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float64)
+    off = np.asarray(offsets, dtype=np.float64)
+    if hm.ndim == 3 and off.ndim == 3:
+        hm, off = hm[None], off[None]
+    if hm.ndim != 4 or off.ndim != 4 or off.shape[1] != 2 * (hm.shape[1] - 1) or hm.shape[0] != off.shape[0] \
+            or hm.shape[-2:] != off.shape[-2:]:
+        raise DataError(f"decode_numpy: heatmaps {np.shape(heatmaps)} and offsets {np.shape(offsets)}; expected "
+                        "(B, K+1, h, w) and (B, 2K, h, w) (or both without B)")
+    b, c, h, w = hm.shape
+    k = c - 1
+    ctr = hm[:, k]
+    ks = nms_kernel_for(h, w, nms_kernel)
+    peak = np.where(_max_pool(ctr, ks) == ctr, ctr, 0.0).reshape(b, -1)
+    t = min(max_people, h * w)
+    idx = np.argsort(-peak, axis=1, kind="stable")[:, :t]  # (B, T), best first
+    score = np.take_along_axis(peak, idx, 1)  # NMS-suppressed pixels score 0 here (never valid)
+    center_value = np.take_along_axis(ctr.reshape(b, -1), idx, 1)  # the map itself, as the codec samples it
+    cy, cx = np.divmod(idx, w)
+    out = []
+    for i in range(b):  # per image: M <= max_people people
+        sel = off[i].reshape(k, 2, h * w)[:, :, idx[i]]  # (K, 2, T)
+        jx = cx[i][:, None] + sel[:, 0].T  # (T, K) grid pixels
+        jy = cy[i][:, None] + sel[:, 1].T
+        joint_heat = _bilinear(hm[i, :k], jx, jy)  # (T, K)
+        joint_scores = center_value[i][:, None] * joint_heat
+        poses = np.stack([(jx + 0.5) * stride - 0.5, (jy + 0.5) * stride - 0.5, joint_scores], -1)
+        scores = joint_scores.mean(-1)
+        valid = score[i] > center_threshold
+        poses, scores = poses[valid], scores[valid]
+        keep = _pose_nms(poses, scores, pose_nms_ratio, pose_nms_fraction)
+        out.append((poses[keep], scores[keep]))
+    return out

@@ -1,0 +1,218 @@
+"""Drawing poses, heatmaps and offset fields on images (pure cv2 / numpy; used by ``bapose-predict`` and notebooks).
+
+Every function takes and returns **RGB uint8** ``(H, W, 3)`` images and never modifies its input.
+
+:func:`draw_poses` colours each person with its own hue (joints, box-less score label) and each limb by its side:
+limbs whose joints are both ``left_*`` take a warm variant of the person's hue, both ``right_*`` a cool one, the
+rest (head, torso links) the person's own colour, so left and right stay readable in a crowd. Joint confidence is
+shown as opacity: a joint (and the limbs touching it) fades from opaque at score 1 to ``min_alpha`` at
+``kpt_threshold``; below the threshold it is not drawn. All elements are rasterised into one colour layer and one
+alpha layer and composited once, so the cost is one blend per image, not per element.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from bapose.data.metadata import DatasetMeta
+from bapose.errors import DataError
+
+__all__ = ["draw_heatmaps", "draw_offsets", "draw_poses", "joint_sides", "limb_sides", "person_color"]
+
+
+def person_color(i: int, saturation: float = 0.85, value: float = 1.0) -> tuple[int, int, int]:
+    """Distinct, stable RGB colour of person ``i``: golden-ratio hue steps (neighbours in the list differ most)."""
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, saturation, value)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def joint_sides(meta: DatasetMeta) -> np.ndarray:
+    """``(K,)`` int: -1 for left joints, +1 for right joints, 0 for central ones, read from the joint names.
+
+    A joint is lateral when the flip permutation moves it; its side is then given by a ``left``/``l_`` or
+    ``right``/``r_`` name prefix (any other lateral naming counts as central for drawing only).
+    """
+    sides = np.zeros(meta.num_keypoints, np.int64)
+    for k, name in enumerate(meta.keypoints):
+        if meta.flip_index[k] == k:
+            continue
+        low = name.lower()
+        if low.startswith(("left", "l_")):
+            sides[k] = -1
+        elif low.startswith(("right", "r_")):
+            sides[k] = 1
+    return sides
+
+
+def limb_sides(meta: DatasetMeta) -> np.ndarray:
+    """``(L,)`` int per skeleton limb: -1 both joints left, +1 both right, 0 otherwise (torso, head links)."""
+    sides = joint_sides(meta)
+    if not meta.skeleton:
+        return np.zeros(0, np.int64)
+    sk = np.asarray(meta.skeleton, np.int64)
+    a, b = sides[sk[:, 0]], sides[sk[:, 1]]
+    return np.where(a == b, a, 0)
+
+
+def _side_color(base: tuple[int, int, int], side: int) -> tuple[int, int, int]:
+    # left: hue shifted towards warm and lighter; right: shifted cool and darker; the person's hue stays recognisable
+    if side == 0:
+        return base
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in base))
+    if side < 0:
+        h, s, v = (h - 0.06) % 1.0, s * 0.55, 1.0
+    else:
+        h, s, v = (h + 0.06) % 1.0, 1.0, v * 0.6
+    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(f"draw: field 'image' is {image.dtype} {image.shape}; expected RGB uint8 (H, W, 3)")
+    return image
+
+
+def draw_poses(image: np.ndarray, poses: np.ndarray, scores: np.ndarray | None, meta: DatasetMeta,
+               score_threshold: float = 0.3, kpt_threshold: float = 0.05, min_alpha: float = 0.25,
+               thickness: int | None = None, show_scores: bool = True,
+               normalize_joint_scores: bool = True) -> np.ndarray:
+    """Draw people on a copy of an image.
+
+    Args:
+        image: RGB uint8 ``(H, W, 3)``.
+        poses: ``(M, K, 3)`` (x, y, joint score) in the image's pixels; ground truth ``(x, y, v)`` works too
+            (``v = 2`` or 1 draws opaque, ``v = 0`` is skipped).
+        scores: ``(M,)`` person scores, or None (every person drawn, no label).
+        meta: dataset metadata (K, skeleton, left/right names).
+        score_threshold: people scoring below it are skipped.
+        kpt_threshold: joints whose score is below it are skipped (and so are their limbs).
+        min_alpha: opacity of a joint exactly at ``kpt_threshold``; a score of 1 is opaque.
+        thickness: limb width in pixels (default: from the image size).
+        show_scores: write each person's score above its top-most joint.
+        normalize_joint_scores: joint scores of a bottom-up model are center score x heatmap, rarely near 1; divide
+            each person's joint scores by its best joint so opacity shows the *relative* confidence.
+
+    Returns:
+        RGB uint8 ``(H, W, 3)``, a new array.
+    """
+    out = _check_image(image).copy()
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.size == 0:
+        return out
+    k = meta.num_keypoints
+    if poses.ndim != 3 or poses.shape[1:] != (k, 3):
+        raise DataError(f"draw_poses: field 'poses' has shape {poses.shape}; expected (M, {k}, 3) for dataset "
+                        f"'{meta.name}'")
+    m = poses.shape[0]
+    person_scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    if person_scores is not None and person_scores.shape[0] != m:
+        raise DataError(f"draw_poses: field 'scores' has {person_scores.shape[0]} entries; expected {m}")
+
+    h, w = out.shape[:2]
+    t = thickness or max(1, round(min(h, w) / 200))
+    radius = t + 1
+    color = np.zeros((h, w, 3), np.uint8)
+    # later elements overwrite earlier ones in both layers (like painting); one composite at the end
+    alpha = np.zeros((h, w), np.float32)
+    sides, jsides = limb_sides(meta), joint_sides(meta)
+    skeleton = np.asarray(meta.skeleton, np.int64).reshape(-1, 2)
+    labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]] = []
+
+    # lowest score first, so better people end on top where they overlap
+    order = np.argsort(person_scores, kind="stable") if person_scores is not None else np.arange(m)
+    for i in order:
+        if person_scores is not None and person_scores[i] < score_threshold:
+            continue
+        pose = poses[i]
+        conf = pose[:, 2].copy()
+        ok = (conf >= kpt_threshold) & np.isfinite(pose[:, :2]).all(1)
+        if not ok.any():
+            continue
+        if normalize_joint_scores and conf[ok].max() > 0:
+            conf = conf / conf[ok].max()
+        # score -> opacity: min_alpha at the threshold, 1 at (relative) score 1
+        a = np.clip(min_alpha + (1 - min_alpha) * conf, min_alpha, 1.0).astype(np.float32)
+        pts = np.round(pose[:, :2]).astype(np.int64)
+        base = person_color(int(i))
+        for (ja, jb), side in zip(skeleton, sides):
+            if ok[ja] and ok[jb]:
+                p0, p1 = tuple(map(int, pts[ja])), tuple(map(int, pts[jb]))
+                # colour without anti-aliasing, alpha with it: edges keep the full colour at partial opacity
+                # (anti-aliasing both would darken the edges towards the black empty layer)
+                cv2.line(color, p0, p1, _side_color(base, int(side)), t, cv2.LINE_8)
+                cv2.line(alpha, p0, p1, float(min(a[ja], a[jb])), t, cv2.LINE_AA)
+        for j in np.nonzero(ok)[0]:
+            c = tuple(map(int, pts[j]))
+            cv2.circle(color, c, radius, _side_color(base, int(jsides[j])), -1, cv2.LINE_8)
+            cv2.circle(color, c, radius, (255, 255, 255), 1, cv2.LINE_8)
+            cv2.circle(alpha, c, radius, float(a[j]), -1, cv2.LINE_AA)
+        if show_scores and person_scores is not None:
+            top = pts[ok][np.argmin(pts[ok][:, 1])]
+            # above the top-most joint by a fraction of the person's height (clear of the head's joints)
+            lift = 2 * radius + 2 + int(0.08 * np.ptp(pts[ok][:, 1]))
+            labels.append((f"{person_scores[i]:.2f}", (int(top[0]), int(top[1]) - lift), base))
+
+    a3 = alpha[..., None]
+    out = (out.astype(np.float32) * (1 - a3) + color.astype(np.float32) * a3).round().astype(np.uint8)
+    # score labels last and opaque, on a dark box so they read on any background
+    scale = max(0.3, min(h, w) / 900)
+    for text, (x, y), col in labels:
+        (tw, th), base_line = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = int(np.clip(x - tw // 2, 0, max(w - tw - 1, 0)))
+        y = int(np.clip(y, th + 1, h - base_line - 1))
+        cv2.rectangle(out, (x - 1, y - th - 1), (x + tw + 1, y + base_line), (0, 0, 0), -1)
+        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, col, 1, cv2.LINE_AA)
+    return out
+
+
+def draw_heatmaps(image: np.ndarray, heatmaps: np.ndarray, channels: Sequence[int] | None = None,
+                  opacity: float = 0.6, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """Overlay the max over ``channels`` of ``heatmaps (C, h, w)`` (values in [0, 1]) on an image.
+
+    The maps are resized to the image (any stride); opacity grows with the heat value, so cold regions keep the image.
+    """
+    img = _check_image(image)
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    if hm.ndim != 3:
+        raise DataError(f"draw_heatmaps: field 'heatmaps' has shape {hm.shape}; expected (C, h, w)")
+    sel = hm if channels is None else hm[list(channels)]
+    peak = np.clip(sel.max(0), 0.0, 1.0)
+    peak = cv2.resize(peak, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.cvtColor(cv2.applyColorMap((peak * 255).astype(np.uint8), colormap), cv2.COLOR_BGR2RGB)
+    a = (opacity * peak)[..., None]
+    return (img.astype(np.float32) * (1 - a) + heat.astype(np.float32) * a).round().astype(np.uint8)
+
+
+def draw_offsets(image: np.ndarray, offsets: np.ndarray, weights: np.ndarray, stride: int = 4,
+                 joints: Sequence[int] | None = None, meta: DatasetMeta | None = None, step: int = 1,
+                 thickness: int = 1) -> np.ndarray:
+    """Draw the offset field: from each grid pixel with weight > 0, an arrow to every joint it regresses.
+
+    Args:
+        image: RGB uint8 ``(H, W, 3)`` of the input image (``H = h * stride``).
+        offsets: ``(2K, h, w)`` as (x0, y0, x1, y1, ...) in grid pixels (the codec's layout).
+        weights: ``(1, h, w)`` or ``(2K, h, w)``; arrows start only where it is > 0.
+        joints: which joints to draw (default all); colours by side when ``meta`` is given.
+        step: draw every ``step``-th grid pixel in each direction.
+    """
+    out = _check_image(image).copy()
+    off = np.asarray(offsets, dtype=np.float64)
+    k = off.shape[0] // 2
+    wgt = np.asarray(weights).reshape(-1, *off.shape[1:]).max(0)
+    ys, xs = np.nonzero(wgt[::step, ::step] > 0)
+    ys, xs = ys * step, xs * step
+    sides = joint_sides(meta) if meta is not None else np.zeros(k, np.int64)
+    palette = {-1: (255, 140, 0), 0: (0, 220, 0), 1: (0, 120, 255)}
+    to_input = lambda g: (g + 0.5) * stride - 0.5  # noqa: E731 - grid -> input pixels, as the codec
+    for j in (range(k) if joints is None else joints):
+        ex, ey = xs + off[2 * j, ys, xs], ys + off[2 * j + 1, ys, xs]
+        for x0, y0, x1, y1 in zip(to_input(xs), to_input(ys), to_input(ex), to_input(ey)):
+            cv2.arrowedLine(out, (round(x0), round(y0)), (round(x1), round(y1)), palette[int(sides[j])], thickness,
+                            cv2.LINE_AA, tipLength=0.05)
+    return out
