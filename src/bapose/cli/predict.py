@@ -281,7 +281,13 @@ def predict_batch(model: LoadedModel, images: Sequence[np.ndarray], flip: bool =
     out = []
     for r, it in zip(results, items, strict=True):
         poses = to_original(r.poses.float().cpu().numpy(), it["input_to_orig"])
-        out.append((poses, r.scores.float().cpu().numpy().astype(np.float64)))
+        scores = r.scores.float().cpu().numpy().astype(np.float64)
+        # people regressed entirely into the zero padding (of this image or of a larger one in the batch) are not
+        # in the picture: keep those with at least one joint inside the original image
+        h, w = it["orig_size"]
+        x, y = poses[..., 0], poses[..., 1]
+        keep = ((x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)).any(-1)
+        out.append((poses[keep], scores[keep]))
     return out
 
 
