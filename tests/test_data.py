@@ -208,3 +208,20 @@ def test_custom_keypoint_set_from_category(coco_sample: Path, tmp_path: Path) ->
     assert ds.meta.num_keypoints == 3 and ds.meta.flip_index == (0, 2, 1)
     s = ds[0]
     assert s["heatmaps"].shape == (4, 16, 16) and s["offsets"].shape == (6, 16, 16)
+
+
+def test_prepare_crowdpose_merges_and_rejects_id_clashes(crowdpose_sample: Path, tmp_path: Path) -> None:
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "prepare_crowdpose.py"))
+    data = json.loads((crowdpose_sample / "test_crowdpose.json").read_text())
+    (tmp_path / "json").mkdir()
+    for name, img in zip(("crowdpose_train.json", "crowdpose_val.json"), data["images"], strict=True):
+        part = dict(data, images=[img], annotations=[a for a in data["annotations"] if a["image_id"] == img["id"]])
+        (tmp_path / "json" / name).write_text(json.dumps(part))
+    out = script["main"](["--root", str(tmp_path)])
+    merged = json.loads(out.read_text())
+    assert len(merged["images"]) == 2 and len(merged["annotations"]) == 5
+    assert merged["categories"] == data["categories"]
+    with pytest.raises(DataError, match=r"annotation id \d+: also in an earlier part"):
+        script["main"](["--root", str(tmp_path), "--parts", "crowdpose_train.json", "crowdpose_train.json"])

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from bapose.codecs import BAPoseCodec
-from bapose.data.datamodule import BAPoseDataModule
+from bapose.data.datamodule import BAPoseDataModule, worker_init_fn
 from bapose.errors import ConfigError
 from bapose.paths import config_dir
 
@@ -77,7 +77,7 @@ def test_worker_processes_encode_targets(coco_sample: Path) -> None:
     dm = _coco_dm(coco_sample, num_workers=1, persistent_workers=False)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert loader.num_workers == 1 and not loader.persistent_workers
+    assert loader.num_workers == 1 and not loader.persistent_workers and loader.worker_init_fn is worker_init_fn
     torch.manual_seed(0)
     b = next(iter(loader))
     assert b["heatmaps"].shape == (2, 18, SIZE // 4, SIZE // 4) and b["heatmap_weights"].min() >= 0

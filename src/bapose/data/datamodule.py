@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bapose.data.dataset import CocoKeypointDataset, load_coco_keypoint_json
+from bapose.data.dataset import CocoKeypointDataset, configure_worker_process, load_coco_keypoint_json
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError
@@ -59,6 +59,11 @@ def collate_eval(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "orig_size": torch.stack([s["orig_size"] for s in samples]),
         "valid_size": torch.stack([s["valid_size"] for s in samples]),
     }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker setup: one thread each for torch/cv2, malloc tuned for large per-sample arrays."""
+    configure_worker_process()
 
 
 def _plain(cfg: Any) -> dict:
@@ -276,7 +281,8 @@ class BAPoseDataModule(L.LightningDataModule):
         drop_last = train and len(dataset) >= batch_size
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.persistent_workers,
-                          pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval)
+                          pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval,
+                          worker_init_fn=worker_init_fn if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", train=True)

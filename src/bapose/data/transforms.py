@@ -9,12 +9,15 @@ encodes with the same integer pixel centres).
 Training (DEKR's ``RandomAffineTransform`` + ``RandomHorizontalFlip``, folded into ONE ``warpAffine``):
 a square crop of side ``c = aug_scale * short_side`` (``scale_type="short"``, DEKR's COCO/CrowdPose setting), centred
 on the image centre shifted by ``(dx, dy)``, rotated by ``angle`` and resized to ``input_size``²; optional flip.
-Translation unit: DEKR draws ``dx, dy`` uniformly in ``±max_translate * c / 200`` source pixels — i.e. ``max_translate``
-is measured in a crop rescaled to 200 px, so the crop centre moves by up to ``max_translate / 200`` of the output
-side (±102 input pixels at 512 for the default 40), whatever the image size. ``max_translate_px`` (if set)
-overrides this with a shift in input (output-image) pixels instead.
-Keypoints outside the output frame keep their coordinates and visibility: only the codec's bounds check decides
-they are unusable. Areas scale by the zoom squared. The optional photometric jitter is albumentations'
+Translation unit: DEKR draws ``dx, dy`` uniformly in ``±max_translate * c / 200`` source pixels, i.e.
+``max_translate`` is measured in a crop rescaled to 200 px, so the crop centre moves by up to
+``max_translate / 200`` of the output side (±102 input pixels at 512 for the default 40), whatever the image size.
+``max_translate_px`` (if set) overrides this with a shift in input (output-image) pixels instead.
+The affine is our own matrix applied by ``cv2.warpAffine``, not albumentations' ``Affine``: that one keeps the source
+size, so reaching the square input would take a second warp, and it clips or drops out-of-frame keypoints unless told
+otherwise. Keypoints outside the output frame keep their coordinates and visibility here: only the codec's bounds
+check decides they are unusable.
+Areas scale by the zoom squared. The optional photometric jitter is albumentations'
 ``ColorJitter`` (off by default, as in DEKR; it costs ~2 ms at 512).
 
 Evaluation: resize with the short side = ``input_size`` (aspect kept), zero-pad right/bottom to multiples of
