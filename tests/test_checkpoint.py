@@ -159,4 +159,5 @@ def test_checkpoint_of_another_joint_count_names_keys_and_shapes(lightning_ckpt)
         load_net_weights(Other(), lightning_ckpt)
     ok = TinyNet(k=3)
     load_net_weights(ok, lightning_ckpt)
-    torch.testing.assert_close(ok.conv.weight, load_checkpoint_safely(lightning_ckpt)["state_dict"]["ema.module.conv.weight"])
+    saved = load_checkpoint_safely(lightning_ckpt)["state_dict"]
+    torch.testing.assert_close(ok.conv.weight, saved["ema.module.conv.weight"])

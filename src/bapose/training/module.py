@@ -77,7 +77,8 @@ class BAPoseModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
-            raise ConfigError(f"module: field 'scheduler_interval' is {scheduler_interval!r}; expected 'epoch' or 'step'")
+            raise ConfigError(f"module: field 'scheduler_interval' is {scheduler_interval!r}; "
+                              f"expected 'epoch' or 'step'")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"module: field 'max_nonfinite_steps' is {max_nonfinite_steps}; expected >= 1")
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net

@@ -195,7 +195,8 @@ def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[s
 
 
 def extract_net_state(ckpt: Mapping[str, Any], prefer_ema: bool = True) -> dict[str, Tensor]:
-    """The net's weights from a bapose Lightning checkpoint: ``ema.module.*`` when present and preferred, else ``net.*``.
+    """The net's weights from a bapose Lightning checkpoint: ``ema.module.*`` when present and preferred, else
+    ``net.*``.
 
     A bare ``state_dict`` without either prefix (a plain ``net.state_dict()``) is returned unchanged.
     """
