@@ -1,0 +1,53 @@
+"""The notebooks run top to bottom (nbclient, the venv's own python3 kernel) so they never rot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _run(name: str) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # kernel "python3" launches `python -m ipykernel_launcher`; jupyter_client swaps a bare `python` for
+    # sys.executable, so the kernel is this venv's interpreter (no kernelspec install needed)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute(env={"OMP_NUM_THREADS": "1"} | dict(__import__("os").environ))
+    return nb
+
+
+def _text(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def _images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_targets_notebook_runs_and_round_trips():
+    nb = _run("01_targets.ipynb")
+    text = _text(nb)
+    assert "heatmaps         (18, 64, 112)" in text   # K+1 maps at stride 4 of the 256 x 448 padded input
+    assert "decoded" in text and _images(nb) == 1
+
+
+def test_ablations_notebook_reads_fixture_sweep_and_plots():
+    nb = _run("02_ablations.ipynb")
+    text = _text(nb)
+    assert "FIXTURE" in text and text.count("  csv") == 4 and text.count("  wandb") == 3
+    assert "best: job" in text and _images(nb) == 1
+
+
+def test_kernel_is_this_interpreter():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.argv[0] in ("python", "python3", sys.executable)
