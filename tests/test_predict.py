@@ -27,6 +27,7 @@ from bapose.utils.checkpoint import AtomicCheckpointIO
 
 def make_checkpoint(path: Path, model: str = "bapose_w18s", input_size: int = 128) -> Path:
     """A freshly initialised module saved through the real checkpoint code (on_save_checkpoint + AtomicCheckpointIO)."""
+    torch.manual_seed(0)                              # the same untrained weights every run
     cfg = compose_config([f"model={model}", f"data.input_size={input_size}"])
     module = build_module(cfg, codec=BAPoseCodec(input_size=input_size))
     module.meta = DatasetMeta.coco()
@@ -72,7 +73,9 @@ def test_folder_gives_drawings_and_a_json_bapose_score_accepts(tmp_path, coco_sa
         assert drawn.shape[:2] == sizes[p.name] == original.shape[:2]
 
     results = json.loads((out / "results.json").read_text())
-    assert {r["image_id"] for r in results} == {im["id"] for im in gt["images"]}
+    # an untrained net may put all of an image's top-30 centers in the batch padding (then dropped): ids are a subset
+    ids = {r["image_id"] for r in results}
+    assert ids <= {im["id"] for im in gt["images"]} and len(ids) >= 2
     assert all(len(r["keypoints"]) == 17 * 3 for r in results)
     # poses are in original pixels: the untrained net's offsets are ~0, so joints sit near their center, and people
     # regressed into the batch padding (right / bottom of the smaller images) were dropped
