@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bapose.codecs import BAPoseCodec
-from bapose.data.dataset import CocoKeypointDataset, configure_worker_process, read_image
+from bapose.data.dataset import CocoKeypointDataset, configure_worker_process, limit_cv2_threads_before_fork, read_image
 from bapose.utils.bench import machine, write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("BAPOSE_SHARED", REPO.parent / "shared"))
                         / "data" / "coco_sample")
     args = parser.parse_args(argv)
+    limit_cv2_threads_before_fork()
     configure_worker_process()  # exactly what BAPoseDataModule's worker_init_fn does: 1 thread, malloc tuned
     size = args.input_size
     codec = BAPoseCodec(size)

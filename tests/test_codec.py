@@ -26,7 +26,7 @@ def make_people(n: int, size: int = 128, seed: int = 0, spread: float = 12.0) ->
 
 
 def test_encode_targets_follow_the_spec() -> None:
-    codec = BAPoseCodec(input_size=64, min_center_area=100.0)
+    codec = BAPoseCodec(input_size=64, min_center_area=100.0, per_joint_offset_weights=False)
     kp = make_people(1, 64, spread=10)
     kp[0, 3, 2] = 0  # an unlabelled joint: no Gaussian, not part of the center
     kp[0, 4] = [30.0, 33.0, 2]
@@ -61,7 +61,7 @@ def test_encode_targets_follow_the_spec() -> None:
 
 
 def test_small_people_keep_joints_but_get_no_center_and_no_offsets() -> None:
-    codec = BAPoseCodec(input_size=64)
+    codec = BAPoseCodec(input_size=64, per_joint_offset_weights=False)
     kp = make_people(1, 64)
     t = codec.encode(kp, np.array([31.0**2]))  # below 32^2 (input pixels)
     assert t["heatmaps"][K].max() == 0 and t["offset_weights"].max() == 0
@@ -69,7 +69,7 @@ def test_small_people_keep_joints_but_get_no_center_and_no_offsets() -> None:
 
 
 def test_smaller_person_keeps_overlapping_offset_pixels() -> None:
-    codec = BAPoseCodec(input_size=128, min_center_area=0)
+    codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False)
     big = make_people(1, 128, seed=1, spread=40)
     small = big.copy()
     small[..., :2] = (big[..., :2] - big[0, :, :2].mean(0)) * 0.3 + big[0, :, :2].mean(0) + 12.0  # centre 3 px away
@@ -150,7 +150,7 @@ def test_flip_back_of_mirrored_targets_gives_the_original_targets() -> None:
 
 
 def test_flipped_image_round_trip_gives_mirrored_poses() -> None:
-    codec = BAPoseCodec(input_size=128, min_center_area=0)
+    codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False)
     kp = make_people(4, 128, seed=7)
     tf = codec.encode(mirror(kp, 128), np.full(4, 1e4))
     (poses, _), = codec.decode(torch.from_numpy(tf["heatmaps"])[None], torch.from_numpy(tf["offsets"])[None])

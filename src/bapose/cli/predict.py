@@ -83,6 +83,8 @@ def _meta_for(path: Path, info: Mapping[str, Any], k: int, meta: str | None, ann
             raise DataError(f"file '{ann_file}': no keypoint category (field 'categories[].keypoints'); expected a "
                             f"COCO keypoint annotation file")
         found, source = DatasetMeta.from_coco_category(cats[0]), f"ann_file={ann_file}"
+    elif isinstance(info.get("meta_spec"), Mapping):
+        found, source = DatasetMeta.build(**info["meta_spec"]), "the checkpoint"
     elif info.get("meta") in ("coco", "crowdpose"):
         found, source = DatasetMeta.preset(info["meta"]), "the checkpoint"
     else:

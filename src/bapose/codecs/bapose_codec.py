@@ -91,7 +91,7 @@ class BAPoseCodec:
         min_center_area: people whose area (``encode``'s ``areas``, in **input** pixels, i.e. the annotation area
             already scaled by the augmentation) is below this get no center and no offsets; their joints still get
             heatmaps. DEKR compares original-image areas with 32^2; at eval-like scales the two are close.
-        per_joint_offset_weights: ``False`` gives the contract's ``offset_weights (1, h, w)``; ``True`` gives
+        per_joint_offset_weights: ``True`` (default, DEKR) gives
             ``(2K, h, w)`` with 0 for unlabelled joints (broadcasts the same way in a loss, and stops the net from
             learning a 0 offset for joints nobody labelled).
         max_people: top-k centers kept per image (and per scale).
@@ -110,7 +110,7 @@ class BAPoseCodec:
     offset_radius: int = 4
     background_weight: float = 0.1
     min_center_area: float = 32.0**2
-    per_joint_offset_weights: bool = False
+    per_joint_offset_weights: bool = True
     max_people: int = 30
     center_threshold: float = 0.01
     nms_kernel: int = 0

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bapose.data.dataset import CocoKeypointDataset, configure_worker_process, load_coco_keypoint_json
+from bapose.data.dataset import (
+    CocoKeypointDataset,
+    configure_worker_process,
+    limit_cv2_threads_before_fork,
+    load_coco_keypoint_json,
+)
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError
@@ -279,6 +284,8 @@ class BAPoseDataModule(L.LightningDataModule):
         batch_size = self.batch_size if train else self.val_batch_size
         # full training batches (BatchNorm), unless the set is smaller than one batch (tiny demo/test sets)
         drop_last = train and len(dataset) >= batch_size
+        if self.num_workers > 0:
+            limit_cv2_threads_before_fork()
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.persistent_workers,
                           pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval,

@@ -53,7 +53,8 @@ def configure_worker_process(threads: int = 1, malloc_cache_mb: int = 128) -> No
     freed memory). A no-op where glibc's ``mallopt`` is missing.
     """
     torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    # cv2's thread count is NOT set here: in a forked worker, cv2.setNumThreads joins pool threads that only exist
+    # in the parent and deadlocks. The parent calls `limit_cv2_threads_before_fork` before the workers start.
     if malloc_cache_mb <= 0:
         return
     try:
@@ -65,6 +66,16 @@ def configure_worker_process(threads: int = 1, malloc_cache_mb: int = 128) -> No
         libc.mallopt(m_trim_threshold, 2 * (malloc_cache_mb << 20))
     except (OSError, AttributeError):  # musl, macOS, Windows: keep the system allocator as it is
         pass
+
+
+def limit_cv2_threads_before_fork(threads: int = 1) -> None:
+    """Set OpenCV's thread count in the main process, before DataLoader workers are forked.
+
+    Workers inherit it (N workers already fill N cores, so cv2's own pool would oversubscribe them); setting it inside
+    a forked worker instead hangs when the parent has already used cv2's pool (e.g. after generating a dataset).
+    """
+    if cv2.getNumThreads() != threads:
+        cv2.setNumThreads(threads)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +31,20 @@ class NonFiniteLossError(BAPoseError, RuntimeError):
 def images_to_float(images: Tensor) -> Tensor:
     """uint8 ``(B, 3, H, W)`` in [0, 255] -> float32 in [0, 1]; float input is passed through (the net normalises)."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def _meta_spec(meta: Any) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    return {"name": meta.name, "keypoints": list(meta.keypoints), "flip_index": list(meta.flip_index),
+            "sigmas": list(meta.sigmas), "skeleton": [list(p) for p in meta.skeleton]}
+
+
+def _codec_spec(codec: Any) -> dict[str, Any] | None:
+    if codec is None or not dataclasses.is_dataclass(codec):
+        return None
+    spec = dataclasses.asdict(codec)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
 
 
 class BAPoseModule(L.LightningModule):
@@ -314,6 +330,9 @@ class BAPoseModule(L.LightningModule):
             "model": self.model_config,
             "num_keypoints": getattr(self.net, "num_keypoints", None),
             "meta": self.meta.name if self.meta is not None else None,
+            # the whole joint set (plain lists, loadable with weights_only=True): predict/export rebuild custom K
+            "meta_spec": _meta_spec(self.meta),
+            "codec": _codec_spec(self.codec),
             "input_size": getattr(self.codec, "input_size", None),
             "ema": self.ema is not None,
         }
