@@ -21,7 +21,12 @@ import numpy as np
 import torch
 
 from bapose.codecs import BAPoseCodec
-from bapose.data.dataset import CocoKeypointDataset, configure_worker_process, limit_cv2_threads_before_fork, read_image
+from bapose.data.dataset import (
+    CocoKeypointDataset,
+    configure_worker_process,
+    limit_cv2_threads_before_fork,
+    read_image,
+)
 from bapose.utils.bench import machine, write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> str:
                         / "data" / "coco_sample")
     args = parser.parse_args(argv)
     limit_cv2_threads_before_fork()
-    configure_worker_process()  # exactly what BAPoseDataModule's worker_init_fn does: 1 thread, malloc tuned
+    configure_worker_process()  # what BAPoseDataModule's worker_init_fn does: 1 torch thread, malloc tuned
     size = args.input_size
     codec = BAPoseCodec(size)
     ds = CocoKeypointDataset(args.data / "test_coco.json", args.data, codec=codec, train=True, input_size=size)

@@ -46,9 +46,9 @@ class KeypointEncoder(Protocol):
 def configure_worker_process(threads: int = 1, malloc_cache_mb: int = 128) -> None:
     """Settings for a DataLoader worker (its ``worker_init_fn``; the data benchmark applies it too).
 
-    One thread for torch and OpenCV: N workers already fill N cores, and cv2's own thread pool would oversubscribe
-    them. On glibc, large arrays (decoded image, warped image, targets: ~6 MB a sample at 512) are otherwise
-    mmap'ed and munmap'ed every sample, page-faulting on every touch — ~1 ms of a ~6 ms sample. Raising the mmap and
+    One torch thread: N workers already fill N cores (OpenCV's count is set in the parent, see
+    ``limit_cv2_threads_before_fork``). On glibc, large arrays (decoded image, warped image, targets: ~6 MB a sample
+    at 512) are otherwise mmap'ed and munmap'ed every sample, page-faulting on every touch: ~1 ms of a ~6 ms sample. Raising the mmap and
     trim thresholds to ``malloc_cache_mb`` keeps those blocks on the heap for reuse (a worker holds up to that much
     freed memory). A no-op where glibc's ``mallopt`` is missing.
     """
