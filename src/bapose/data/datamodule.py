@@ -119,9 +119,15 @@ class BAPoseDataModule(L.LightningDataModule):
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
                  size_divisor: int = 32, eval_mode: str | None = None) -> None:
         super().__init__()
-        if input_size <= 0 or input_size % 4:
-            raise ConfigError(f"data field 'input_size' is {input_size}; expected a positive multiple of 4 "
-                              "(the output stride)")
+        if size_divisor <= 0 or size_divisor % 32:
+            raise ConfigError(f"data field 'size_divisor' is {size_divisor}; expected a positive multiple of 32 "
+                              "(HRNet's deepest stride)")
+        # the training crop is input_size x input_size and goes into the net unpadded: checked here, at build time,
+        # so a bad value fails before any data is generated or read, not deep inside the first forward
+        if input_size <= 0 or input_size % size_divisor:
+            raise ConfigError(f"data field 'input_size' is {input_size}; expected a positive multiple of "
+                              f"{size_divisor} (data.size_divisor; HRNet downsamples by 32), e.g. "
+                              f"{max(size_divisor, round(input_size / size_divisor) * size_divisor)}")
         if batch_size <= 0 or val_batch_size <= 0:
             raise ConfigError(f"data fields 'batch_size'/'val_batch_size' are {batch_size}/{val_batch_size}; "
                               "expected positive integers")

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _MAX_LISTED = 5  # how many missing image paths an error message names
+_JPEG_TAIL = 256  # bytes at the end of a JPEG searched for its end-of-image marker
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
@@ -93,9 +94,39 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image is None or image.size == 0:
         raise DataError(f"{where(path)}: image is corrupt or not in a format OpenCV can decode "
                         f"({size} bytes); expected a JPEG/PNG image")
+    if _jpeg_truncated(path, size):
+        raise DataError(f"{where(path)}: JPEG is truncated ({size} bytes, no end-of-image marker; the decoder would "
+                        "fill the missing rows grey); expected a complete JPEG/PNG image")
     if _IMREAD_RGB is None:
         cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     return image
+
+
+def _jpeg_truncated(path: str, size: int) -> bool:
+    """Whether a JPEG file lost its end (an interrupted copy or download).
+
+    libjpeg, hence ``cv2.imread``, decodes such a file without an error and fills the missing rows grey, so training
+    would silently learn from half images. Entropy-coded JPEG data never holds the bytes FF D9 (a data FF is stuffed
+    as FF 00), so an end-of-image marker in the last bytes means the file is whole. Without one the file is either
+    truncated or followed by a large trailer (e.g. a motion photo's video); PIL's decoder, which does raise on missing
+    data, decides those rare cases. PNG and the other formats already fail in ``cv2.imread`` when truncated.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return False
+        f.seek(max(0, size - _JPEG_TAIL))
+        if b"\xff\xd9" in f.read():
+            return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+    except ImportError:  # pragma: no cover - pillow ships with torchvision
+        return True
+    except OSError:  # "image file is truncated" and friends
+        return True
+    return False
 
 
 def load_coco_keypoint_json(ann_file: str | os.PathLike) -> dict:
@@ -122,6 +153,12 @@ def load_coco_keypoint_json(ann_file: str | os.PathLike) -> dict:
         missing = [k for k in ("id", "file_name") if k not in img]
         if missing:
             raise DataError(f"{where(ann_file, 'images')}: entry {i} lacks {missing}; expected 'id' and 'file_name'")
+        # the declared size sizes the ignore masks and the evaluation; optional, but never 0 x 0
+        for key in ("width", "height"):
+            value = img.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise DataError(f"{where(ann_file, f'images.{key}')}: image id {img['id']} ('{img['file_name']}') "
+                                f"has {key} {value!r}; expected a positive number of pixels")
     for ann in data["annotations"]:
         missing = [k for k in ("id", "image_id", "keypoints") if k not in ann]
         if missing:
@@ -151,6 +188,9 @@ class CocoKeypointDataset(Dataset):
     ``offsets`` (2K, h, w), ``offset_weights`` (1, h, w) float32, ``image_id`` int.
     An eval sample: ``image`` uint8 (3, H, W), ``image_id``, ``input_to_orig`` (2, 3) float32, ``orig_size`` (2,)
     and ``valid_size`` (2,) int64 (h, w).
+
+    Counters: ``num_skipped`` (missing images dropped at setup + unreadable images skipped by this process, with
+    ``on_bad_sample="skip"``) and ``num_without_people`` (training images left out: no person with labelled joints).
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, meta: DatasetMeta | None = None,
@@ -223,10 +263,22 @@ class CocoKeypointDataset(Dataset):
         self._segmentations = {j: a["segmentation"] for j, a in enumerate(anns)
                                if (self._iscrowd[j] or not self._labelled[j]) and a.get("segmentation")}
 
+        for j in self._segmentations:  # the mask is drawn at the declared size: it must be there
+            img = self._images[anns[j]["image_id"]]
+            if "width" not in img or "height" not in img:
+                raise DataError(f"{where(self.ann_file, 'images')}: image id {img['id']} ('{img['file_name']}') "
+                                f"has no 'width'/'height' but annotation id {anns[j]['id']} needs an ignore mask; "
+                                "expected both (pixels)")
+
         ids = list(self._images)
+        self.num_without_people = 0
         if self.train:
             # DEKR trains only on images showing at least one person with labelled keypoints
             ids = [i for i in ids if any(self._labelled[j] and not self._iscrowd[j] for j in self._per_image[i])]
+            self.num_without_people = len(self._images) - len(ids)
+            if self.num_without_people:
+                log.info("%s: %d of %d images have no person with labelled keypoints; left out of training",
+                         where(self.ann_file), self.num_without_people, len(self._images))
         self.ids = ids
 
     @staticmethod
@@ -313,7 +365,8 @@ class CocoKeypointDataset(Dataset):
                 if self.on_bad_sample == "raise":
                     raise
                 self.num_skipped += 1
-                log.warning("skipped bad image %d time(s) in this worker, latest: %s", self.num_skipped, err)
+                log.warning("on_bad_sample='skip': skipped %d bad image(s) in this process so far, latest: %s",
+                            self.num_skipped, err)
                 continue
             return self._train_sample(image_id, image) if self.train else self._eval_sample(image_id, image)
         raise DataError(f"{where(self.ann_file)}: every image under '{self.image_dir}' is unreadable")
