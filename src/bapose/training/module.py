@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +21,9 @@ from bapose.evaluation import to_coco_results
 from bapose.inference import predict, to_original
 from bapose.training.ema import ModelEMA
 from bapose.training.loss import BAPoseLoss
-from bapose.utils.checkpoint import assert_finite_state
+from bapose.utils.checkpoint import assert_finite_state, check_state_dict_compatible
+
+log = logging.getLogger("bapose")
 
 
 class NonFiniteLossError(BAPoseError, RuntimeError):
@@ -146,6 +148,12 @@ class BAPoseModule(L.LightningModule):
         if self.codec is None:
             raise ConfigError("module: no codec given and the datamodule has no attribute 'codec'; "
                               "expected one of them to provide the BAPoseCodec")
+        divisor = getattr(self.net, "size_divisor", None)
+        size = getattr(dm, "input_size", None) if dm is not None else None
+        if divisor and isinstance(size, int) and size % divisor:
+            # fail before the first step, not inside the first forward
+            raise ConfigError(f"data field 'input_size' is {size}; expected a multiple of {divisor} "
+                              f"(the net's size_divisor)")
         k = getattr(self.net, "num_keypoints", None)
         if self.meta is not None and k is not None and k != self.meta.num_keypoints:
             raise ConfigError(f"model: field 'num_keypoints' is {k} but dataset '{self.meta.name}' has "
@@ -343,4 +351,24 @@ class BAPoseModule(L.LightningModule):
         checkpoint["bapose_counters"] = {"nonfinite_steps": self.nonfinite_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the weights: a checkpoint of another architecture or K fails here
+        # with a CheckpointError naming the file, the config fields and keys that differ (not torch's key dump)
+        source = str(self._trainer.ckpt_path) if self._trainer is not None and self._trainer.ckpt_path \
+            else "checkpoint"
+        stored = checkpoint.get("bapose") or {}
+        check_state_dict_compatible(
+            self.state_dict(), checkpoint.get("state_dict", {}), source=source,
+            expected_meta={"num_keypoints": getattr(self.net, "num_keypoints", None), "model": self.model_config},
+            found_meta={"num_keypoints": stored.get("num_keypoints"), "model": stored.get("model")})
         self.nonfinite_steps = int(checkpoint.get("bapose_counters", {}).get("nonfinite_steps", 0))
+
+    def on_train_start(self) -> None:
+        if not self.trainer.ckpt_path or not self.trainer.is_global_zero:
+            return
+        # one line that shows a resumed run continues where the checkpoint left off (step, LR, scheduler position)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        schedulers = self.trainer.lr_scheduler_configs
+        last_epoch = schedulers[0].scheduler.last_epoch if schedulers else None
+        log.info("resumed from '%s': epoch %d, global step %d, lr %.6g, scheduler last_epoch %s, %d non-finite "
+                 "steps so far", self.trainer.ckpt_path, self.current_epoch, self.global_step, lr, last_epoch,
+                 self.nonfinite_steps)

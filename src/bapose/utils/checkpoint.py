@@ -18,6 +18,7 @@ import collections
 import contextlib
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -141,6 +142,9 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -
         # weights_only refuses arbitrary classes: say which, and that this is about trust, not corruption
         msg = str(e).strip().splitlines()
         first = next((line for line in msg if "GLOBAL" in line or "Unsupported" in line), msg[0] if msg else "")
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", first)
+        if named:  # torch goes on to suggest allow-listing it, which is exactly what must not happen blindly
+            first = f"unsupported global '{named[1]}'"
         raise CheckpointError(f"checkpoint file '{path}' holds objects outside the weights-only allow-list "
                               f"({first.strip()}); expected tensors, numbers, strings and containers. Load it with "
                               f"weights_only=False only if you trust its source") from e
@@ -160,6 +164,27 @@ def _describe(keys: Iterable[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# model config keys that change how a net runs or starts, never the shape of its weights: not reported as differences
+_WEIGHT_NEUTRAL_MODEL_KEYS = frozenset({"pretrained", "adaptive_impl", "_convert_"})
+
+
+def diff_model_config(expected: Any, found: Any, prefix: str = "model", limit: int = 6) -> list[str]:
+    """``["model.decoder: checkpoint {...} vs this run None", ...]``: the leaves where two model configs differ
+    (nested mappings are walked; keys in :data:`_WEIGHT_NEUTRAL_MODEL_KEYS` are ignored)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in sorted(set(a) | set(b), key=str):
+                if key not in _WEIGHT_NEUTRAL_MODEL_KEYS:
+                    walk(a.get(key), b.get(key), f"{path}.{key}")
+        elif a != b:
+            out.append(f"{path}: checkpoint {b!r} vs this run {a!r}")
+
+    walk(expected, found, prefix)
+    return out[:limit] + ([f"(+{len(out) - limit} more)"] if len(out) > limit else [])
+
+
 def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[str, Tensor],
                                 source: str = "checkpoint", expected_meta: Mapping[str, Any] | None = None,
                                 found_meta: Mapping[str, Any] | None = None) -> None:
@@ -169,7 +194,8 @@ def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[s
         expected: the target model's ``state_dict``.
         found: the checkpoint's (already prefix-stripped) ``state_dict``.
         source: how to name the checkpoint in the message (its path).
-        expected_meta / found_meta: optional ``bapose`` metadata; a differing K or dataset is named first.
+        expected_meta / found_meta: optional ``bapose`` metadata; a differing K or dataset is named first, and
+            when the weights do not fit and both carry a ``model`` config, the config fields that differ.
     """
     problems: list[str] = []
     if expected_meta and found_meta:
@@ -177,6 +203,7 @@ def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[s
             a, b = expected_meta.get(field), found_meta.get(field)
             if a is not None and b is not None and a != b:
                 problems.append(f"field 'bapose.{field}' is {b!r} but the model expects {a!r}")
+    num_meta = len(problems)
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
     shapes = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -189,6 +216,11 @@ def check_state_dict_compatible(expected: Mapping[str, Tensor], found: Mapping[s
     if shapes:
         shown = "; ".join(shapes[:8]) + (f" (+{len(shapes) - 8} more)" if len(shapes) > 8 else "")
         problems.append(f"{len(shapes)} shape mismatches: {shown}")
+    if problems and expected_meta and found_meta and expected_meta.get("model") and found_meta.get("model"):
+        # the weights do not fit: say in config terms why (decoder: null vs D-WASP, another width or K)
+        differs = diff_model_config(expected_meta["model"], found_meta["model"])
+        if differs:
+            problems.insert(num_meta, "model config differs: " + "; ".join(differs))
     if problems:
         raise CheckpointError(f"checkpoint '{source}' does not fit this model (another architecture or joint count "
                               f"K?): " + " | ".join(problems))
