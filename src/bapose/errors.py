@@ -33,3 +33,25 @@ def where(file: object = None, field: str | None = None, ann_id: object = None) 
     if field is not None:
         parts.append(f"field '{field}'")
     return ", ".join(parts)
+
+
+def user_message(err: BaseException) -> str:
+    """The one line to show a user for ``err``.
+
+    An error raised inside a DataLoader worker reaches the main process re-raised by torch as
+    ``"Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most recent call last): ..."``: its own
+    message (file, field, what was expected) is the traceback's last line, returned here with the worker named.
+    Any other error gives its message unchanged.
+    """
+    text = str(err)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in text:
+        last = lines[-1]
+        head = f"{type(err).__module__}.{type(err).__name__}: "
+        for prefix in (head, f"{type(err).__name__}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+                break
+        worker = lines[0].removeprefix(f"Caught {type(err).__name__} in ").rstrip(".")
+        return f"{last} (in {worker})"
+    return text

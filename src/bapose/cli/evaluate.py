@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
 from bapose.cli.train import build_datamodule
-from bapose.errors import CheckpointError, ConfigError
+from bapose.errors import BAPoseError, ConfigError, user_message
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
 from bapose.utils.checkpoint import check_state_dict_compatible, extract_net_state, load_checkpoint_safely
@@ -103,9 +103,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except CheckpointError as e:
+    except BAPoseError as e:
         # one actionable line instead of a traceback: which file, what is wrong with it
-        raise SystemExit(f"bapose-eval: {e}") from None
+        raise SystemExit(f"bapose-eval: {user_message(e)}") from None
 
 
 if __name__ == "__main__":

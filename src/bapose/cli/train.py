@@ -12,6 +12,7 @@ entry point over ``conf/train.yaml``::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.errors import ConfigError
+from bapose.errors import BAPoseError, ConfigError, user_message
 from bapose.paths import config_dir
 
 log = logging.getLogger("bapose")
@@ -50,13 +52,32 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
     return cfg
 
 
+def instantiate_checked(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a bapose error of a constructor through as itself.
+
+    Hydra wraps whatever a ``_target_`` raises in an ``InstantiationException`` (the message becomes the repr of the
+    original plus ``full_key``): a ``ConfigError`` naming the field and what was expected would reach the user as
+    Hydra's error, and ``except ConfigError`` would miss it.
+    """
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as e:
+        cause: BaseException | None = e.__cause__
+        while cause is not None and not isinstance(cause, BAPoseError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     """Build every ``_target_`` node of a ``{name: node}`` group (callbacks, loggers); ``None`` / empty gives ``[]``."""
     if not cfg:
         return []
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"expected a mapping of {{name: {{_target_: ...}}}}, got {type(cfg).__name__}")
-    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [instantiate_checked(node) for node in cfg.values()
+            if isinstance(node, DictConfig) and "_target_" in node]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
@@ -79,14 +100,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The datamodule of ``cfg.data``, given the ``codec`` group's kwargs (it builds the one codec instance that
     the dataset encodes with and the module decodes with)."""
     codec = OmegaConf.to_container(cfg.codec, resolve=True) if cfg.get("codec") is not None else None
-    return instantiate(cfg.data, codec=codec)
+    return instantiate_checked(cfg.data, codec=codec)
 
 
 def build_module(cfg: DictConfig, codec: Any, **overrides: Any) -> L.LightningModule:
     """Instantiate the net from ``cfg.model`` and wrap it in ``cfg.module`` (no data is touched)."""
-    net = instantiate(cfg.model)
+    net = instantiate_checked(cfg.model)
     # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node
-    module = instantiate(cfg.module, _partial_=True)(net=net, codec=codec, **overrides)
+    module = instantiate_checked(cfg.module, _partial_=True)(net=net, codec=codec, **overrides)
     # stored in every checkpoint so bapose-eval rebuilds exactly this net
     module.model_config = OmegaConf.to_container(cfg.model, resolve=True)
     return module
@@ -143,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, codec=datamodule.codec)
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_checked(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     metrics: dict[str, Any] = {}
     try:
@@ -186,8 +207,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Console entry point; returns ``cfg.optimized_metric`` for sweepers (Optuna)."""
-    metrics = train(cfg)
+    """Console entry point; returns ``cfg.optimized_metric`` for sweepers (Optuna).
+
+    A bapose error (bad data, config or checkpoint; a diverged run) ends the run with its one-line message, not a
+    traceback; ``HYDRA_FULL_ERROR=1`` keeps the traceback.
+    """
+    try:
+        metrics = train(cfg)
+    except BAPoseError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"bapose-train: {user_message(e)}") from None
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
     if isinstance(value, (int, float)) and np.isfinite(value):
