@@ -150,7 +150,9 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -
                               f"weights_only=False only if you trust its source") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         size = path.stat().st_size
-        raise CheckpointError(f"checkpoint file '{path}' ({size} bytes) is truncated or corrupt: {e}; "
+        # torch's first sentence says what failed; the rest of its text is advice this message already gives
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"checkpoint file '{path}' ({size} bytes) is truncated or corrupt: {reason}; "
                               f"expected a complete torch.save zip archive") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
