@@ -107,8 +107,9 @@ def main() -> None:
         "## Adaptive block: torchvision `deform_conv2d` vs pure PyTorch (CPU)",
         "",
         f"`{shlex.join(['python', 'scripts/bench_adaptive.py', *sys.argv[1:]])}` ({args.threads} torch thread(s), "
-        f"median of {args.repeats} after 1 warm-up). Shapes of the offset head: K={args.joints} joints x {args.channels} ch = {c} channels in "
-        f"{args.joints} groups, grid {args.size}x{args.size}, batch 1, non-zero A and t (taps between pixels). "
+        f"median of {args.repeats} after 1 warm-up). Shapes of the offset head: K={args.joints} joints x "
+        f"{args.channels} ch = {c} channels in {args.joints} groups, grid {args.size}x{args.size}, batch 1, "
+        "non-zero A and t (taps between pixels). "
         "`conv`: the deformable conv alone on the block's offsets; `block`: the whole `AdaptiveBlock` (transform "
         "conv, offsets, deformable conv, BN, residual, ReLU). fwd+bwd: a scalar loss, backward to the input, "
         "the offsets and the weights. "

@@ -241,7 +241,8 @@ def main() -> None:
         "`torch.cuda.max_memory_allocated` over the row; loss in fp32 outside autocast, as the LightningModule does.",
         "", *table, *rows, "",
         f"Data wait: the `{DATA_OPTION.name}` step fed by the real datamodule (`{data['data']}` at {args.size}, "
-        f"{args.workers} workers{', pinned memory' if device.type == 'cuda' else ''}), {args.data_steps} steps after {args.warmup}, each synchronised; "
+        f"{args.workers} workers{', pinned memory' if device.type == 'cuda' else ''}), {args.data_steps} steps after "
+        f"{args.warmup}, each synchronised; "
         f"generating the scenes took {data['prepare_s']:.0f} s first (not timed).",
         "",
         "| measure | value |", "|---|---|",
