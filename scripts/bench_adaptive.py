@@ -65,9 +65,14 @@ def main() -> None:
         deform_conv2d(*leaves, impl=impl).square().mean().backward()
         grads[impl] = [t.grad for t in leaves]
     # relative to the largest entry of each gradient (input, offsets, weight)
-    grad_diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(grads["torch"], grads["torchvision"]))
-    print(f"parity: max |block output diff| / max |output| {out_diff:.2e}; deformable-conv gradients (input, "
-          f"offsets, weight) max diff / max entry {grad_diff:.2e}")
+    grad_diff = [float((a - b).abs().max() / b.abs().max()) for a, b in zip(grads["torch"], grads["torchvision"])]
+    # the offset gradient of bilinear sampling jumps where a tap sits on an integer position: a float32 rounding
+    # puts such a tap on different sides in the two kernels, so a handful of entries may differ a lot
+    off_a, off_b = grads["torch"][1], grads["torchvision"][1]
+    off_jumps = int(((off_a - off_b).abs() > 1e-3 * off_b.abs().max()).sum())
+    print(f"parity: block output max diff {out_diff:.2e} of the largest output; gradient max diff / max entry: "
+          f"input {grad_diff[0]:.2e}, offsets {grad_diff[1]:.2e} ({off_jumps} of {off_b.numel()} entries beyond "
+          f"1e-3), weight {grad_diff[2]:.2e}")
 
     times: dict[tuple[str, str], float] = {}
     x_grad = x.clone().requires_grad_(True)
@@ -116,8 +121,10 @@ def main() -> None:
         f"Machine: {machine()}.",
         "",
         f"Parity of the two kernels (float32, these shapes): block output max difference {out_diff:.1e} of its "
-        f"largest value; deformable-conv gradients (input, offsets, weight) max difference {grad_diff:.1e} of "
-        "their largest entry.",
+        f"largest value; deformable-conv gradients, max difference over the largest entry: input {grad_diff[0]:.1e}, "
+        f"weight {grad_diff[2]:.1e}, offsets {grad_diff[1]:.1e} with {off_jumps} of {off_b.numel():,} entries beyond "
+        "1e-3 (bilinear sampling's offset gradient jumps at integer positions; a tap within float32 rounding of one "
+        "can land on either side; in float64 the kernels agree to 1e-15).",
         "",
         "| pass | torchvision ms | pure PyTorch ms | torchvision / PyTorch |",
         "|---|---|---|---|",

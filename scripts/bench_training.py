@@ -1,7 +1,7 @@
 """Training throughput of the CPU demo (``bapose-train experiment=demo``): images/s through the real Lightning loop.
 
-    python scripts/bench_training.py                  # writes benchmarks/training.md (~1-2 min on 2 cores)
-    python scripts/bench_training.py --steps 5 --warmup 2
+    python scripts/bench_training.py                  # writes benchmarks/training.md (~30 s on 2 idle cores)
+    python scripts/bench_training.py --steps 20 --warmup 3
     python scripts/bench_training.py model.adaptive_impl=torch      # any train-config override
 
 What is timed: ``--warmup`` untimed optimizer steps (worker start-up, oneDNN kernel selection), then ``--steps``
@@ -57,7 +57,7 @@ def demo_overrides() -> tuple[list[str], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
     parser.add_argument("overrides", nargs="*", help="extra train-config overrides (Hydra syntax)")
     args = parser.parse_args()
 
