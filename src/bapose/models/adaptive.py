@@ -42,10 +42,15 @@ def check_impl(impl: str) -> str:
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"torchvision"`` where its kernel runs (and we are not exporting to ONNX), else ``"torch"``."""
+    """``"auto"`` -> ``"torchvision"`` on CUDA (and meta, for FLOP counting), else ``"torch"``.
+
+    On CPU the pure-PyTorch kernel is the fast one (scripts/bench_adaptive.py: ~4x forward, ~8x forward+backward
+    over torchvision's CPU deform_conv2d), and ONNX export needs it.
+    """
     if impl != "auto":
         return impl
-    if _tv_deform_conv2d is None or device.type not in _TV_DEVICES or torch.onnx.is_in_onnx_export():
+    if _tv_deform_conv2d is None or device.type not in _TV_DEVICES or device.type == "cpu" \
+            or torch.onnx.is_in_onnx_export():
         return "torch"
     return "torchvision"
 
@@ -102,7 +107,16 @@ def deform_conv2d_torch(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor 
 
 def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 1,
                   dilation: int = 1, impl: str = "auto") -> Tensor:
-    """Deformable conv (stride 1) through the chosen kernel; shapes as in :func:`deform_conv2d_torch`."""
+    """Deformable conv (stride 1) through the chosen kernel; shapes as in :func:`deform_conv2d_torch`.
+
+    Half-precision inputs (autocast) run in float32 and are cast back: torchvision has no bf16 CPU kernel, and tap
+    positions rounded to bf16 would move by 0.25–0.5 px on a 128-pixel grid.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast(x.device.type, enabled=False):
+            out = deform_conv2d(x.float(), offset.float(), weight.float(), None if bias is None else bias.float(),
+                                padding=padding, dilation=dilation, impl=impl)
+        return out.to(x.dtype)
     if resolve_impl(impl, x.device) == "torchvision":
         if _tv_deform_conv2d is None:  # pragma: no cover
             raise ConfigError("field 'model.adaptive_impl': 'torchvision' requested but torchvision.ops is missing")
