@@ -76,7 +76,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     stored["input_size"], datamodule.input_size)
 
     flip, scales = bool(cfg.test.flip), [float(s) for s in cfg.test.scales]
-    module = BAPoseModule(net, codec=datamodule.codec, val_flip=flip, val_scales=scales, test_flip=flip,
+    codec = datamodule.codec.with_checkpoint_defaults(stored.get("codec"))
+    module = BAPoseModule(net, codec=codec, val_flip=flip, val_scales=scales, test_flip=flip,
                           test_scales=scales, model_config=stored.get("model"))
     module.collect_results = True
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)

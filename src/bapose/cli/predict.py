@@ -179,7 +179,8 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
     if input_size <= 0 or input_size % 32:
         raise ConfigError(f"field 'input_size' is {input_size}; expected a positive multiple of 32")
     knobs = {key: v for key, v in dict(codec or {}).items() if key != "input_size"}
-    return LoadedModel(net=net, codec=BAPoseCodec(input_size=input_size, **knobs), meta=dmeta,
+    codec_obj = BAPoseCodec(input_size=input_size, **knobs).with_checkpoint_defaults(info.get("codec"))
+    return LoadedModel(net=net, codec=codec_obj, meta=dmeta,
                        input_size=input_size, path=path, info=info)
 
 
