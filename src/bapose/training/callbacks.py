@@ -19,7 +19,9 @@ class EpochSummary(L.Callback):
     def __init__(self, keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AR")) -> None:
         self.keys = keys
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the LightningModule's,
+    # which is where val/AP is computed and logged, so the epoch-end hook would print the previous epoch's AP
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         m = trainer.callback_metrics
