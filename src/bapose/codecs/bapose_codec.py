@@ -14,7 +14,9 @@ Coordinate convention (the one every function here uses):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bapose.codecs.rescore import RescoreNet, load_rescore
 from bapose.errors import ConfigError, DataError
 
 
@@ -107,6 +110,10 @@ class BAPoseCodec:
             of the offsets, so a joint cannot jump to a far-away person.
         pose_nms_fraction: a pose is a duplicate of a higher-scoring one when more than this fraction of its K
             joints coincide (DESIGN: > K/2 joints within 0.05 diagonal).
+        rescore_path: ``None`` (default) keeps the mean joint score; a file written by ``scripts/train_rescore.py``
+            multiplies each pose's score by its predicted OKS (DEKR) before pose NMS, so NMS order and the output
+            scores both use the rescored value; joints and joint scores are unchanged. Loaded on first decode and
+            cached per (path, modification time, device).
     """
 
     input_size: int | tuple[int, int] = 512
@@ -123,6 +130,7 @@ class BAPoseCodec:
     pose_nms_ratio: float = 0.05
     pose_nms_fraction: float = 0.5
     refine_radius: int | None = None
+    rescore_path: str | None = None
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -145,6 +153,12 @@ class BAPoseCodec:
             raise ConfigError(f"codec: field 'refine_radius' {self.refine_radius}; expected >= 0 grid pixels")
         if self.nms_kernel < 0 or (self.nms_kernel and self.nms_kernel % 2 == 0):
             raise ConfigError(f"codec: field 'nms_kernel' {self.nms_kernel}; expected 0 (auto) or an odd size")
+        if self.rescore_path is not None:
+            path = os.fspath(self.rescore_path)
+            object.__setattr__(self, "rescore_path", path)
+            if not os.path.isfile(path):
+                raise ConfigError(f"codec: field 'rescore_path' '{path}' is not a file; expected a rescoring net "
+                                  "written by scripts/train_rescore.py, or null")
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -363,7 +377,22 @@ class BAPoseCodec:
                 alive[i + 1:] &= ~dup[i, i + 1:]
         return order[torch.from_numpy(np.nonzero(alive)[0]).to(order.device)]
 
+    def rescore(self, poses: Tensor, scores: Tensor) -> Tensor:
+        """``scores (B, T)`` x the OKS that the ``rescore_path`` net predicts for ``poses (B, T, K, 3)``.
+
+        Unchanged when ``rescore_path`` is ``None``; a net trained for another K raises ``DataError``.
+        """
+        if self.rescore_path is None or poses.numel() == 0:
+            return scores
+        b, t, k, _ = poses.shape
+        net = _rescore_net(self.rescore_path, os.stat(self.rescore_path).st_mtime_ns, str(poses.device))
+        if net.num_keypoints != k:
+            raise DataError(f"codec: rescore file '{self.rescore_path}' field 'num_keypoints' is "
+                            f"{net.num_keypoints}; the network outputs {k} joints")
+        return scores * net.predict_oks(poses.reshape(b * t, k, 3).float()).view(b, t).to(scores.dtype)
+
     def _finish(self, poses: Tensor, scores: Tensor, valid: Tensor) -> list[Poses]:
+        scores = self.rescore(poses, scores)
         out = []
         for p, s, v in zip(poses, scores, valid):
             p, s = p[v], s[v]
@@ -408,6 +437,12 @@ class BAPoseCodec:
             avg = avg / len(outputs)
             poses, scores = self.score(avg, torch.cat(all_c, 1), self.refine(avg, torch.cat(all_j, 1)))
             return self._finish(poses, scores, torch.cat(all_v, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _rescore_net(path: str, mtime_ns: int, device: str) -> RescoreNet:
+    """The rescoring net of ``path`` on ``device``, read once (the mtime in the key reloads a retrained file)."""
+    return load_rescore(path).to(device)
 
 
 def _sample(maps: Tensor, pts: Tensor) -> Tensor:
