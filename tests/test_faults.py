@@ -479,7 +479,7 @@ SHRUNK_DEMO = [
     "trainer.max_epochs=2", "trainer.limit_val_batches=1", "logger=[csv]", "draw_images=0",
     "callbacks.last_checkpoint.every_n_train_steps=1",
     # the LR moves every step, so the restored scheduler position shows in the LR itself
-    "module.scheduler_interval=step", "scheduler.milestones=[3,6,9]",
+    "module.scheduler_interval=step", "scheduler=multistep", "scheduler.milestones=[3,6,9]", "optimizer.lr=0.002",
 ]
 
 
