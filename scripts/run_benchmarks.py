@@ -29,6 +29,7 @@ def main() -> int:
     if args.only:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
     failures = []
+    started = time.perf_counter()
     if not args.skip_run:
         for script in scripts:
             t0 = time.perf_counter()
@@ -48,6 +49,9 @@ def main() -> int:
         "Each row is compared side by side with its reference, measured in the same process; ratios are quoted.\n\n"
         f"Assembled on: {machine()}\n"
     )
+    if not args.skip_run:
+        which = "all of `scripts/bench_*.py`" if not args.only else ", ".join(f"`bench_{n}`" for n in args.only)
+        header += f"\nThis run ({which}) took {time.perf_counter() - started:.0f} s in all.\n"
     (REPO / "BENCHMARKS.md").write_text(header + "\n" + body + "\n")
     if failures:
         print(f"benchmarks that failed: {', '.join(failures)}", file=sys.stderr)

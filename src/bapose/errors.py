@@ -6,6 +6,12 @@ and CLIs can print a one-line, actionable message.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class BAPoseError(Exception):
     """Base class of every error bapose raises on purpose."""
@@ -55,3 +61,16 @@ def user_message(err: BaseException) -> str:
         worker = lines[0].removeprefix(f"Caught {type(err).__name__} in ").rstrip(".")
         return f"{last} (in {worker})"
     return text
+
+
+def exit_on_error(prog: str, fn: Callable[[], T]) -> T:
+    """Run a console script's body: a bapose error ends the program with one actionable line, not a traceback.
+
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback (the same switch Hydra uses for its own errors).
+    """
+    try:
+        return fn()
+    except BAPoseError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"{prog}: {user_message(e)}") from None

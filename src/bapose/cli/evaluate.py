@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
 from bapose.cli.train import build_datamodule
-from bapose.errors import BAPoseError, ConfigError, user_message
+from bapose.errors import ConfigError, exit_on_error
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
 from bapose.utils.checkpoint import check_state_dict_compatible, extract_net_state, load_checkpoint_safely
@@ -102,11 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except BAPoseError as e:
-        # one actionable line instead of a traceback: which file, what is wrong with it
-        raise SystemExit(f"bapose-eval: {user_message(e)}") from None
+    exit_on_error("bapose-eval", lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":

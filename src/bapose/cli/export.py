@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
 from bapose.cli.predict import load_model, read_image
 from bapose.data.transforms import EvalTransform
-from bapose.errors import BAPoseError, ConfigError, DataError
+from bapose.errors import ConfigError, DataError, exit_on_error
 from bapose.export.onnx import ParityError, export_onnx, onnx_parity
 from bapose.paths import config_dir
 
@@ -134,10 +134,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
     logging.captureWarnings(True)  # skipped files etc. as log lines, not source excerpts
-    try:
-        export(cfg)
-    except BAPoseError as e:
-        raise SystemExit(f"bapose-export: {e}") from None
+    exit_on_error("bapose-export", lambda: export(cfg))
 
 
 if __name__ == "__main__":

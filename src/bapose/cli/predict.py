@@ -37,7 +37,7 @@ import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers befor
 from bapose.codecs import BAPoseCodec
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import EvalTransform
-from bapose.errors import BAPoseError, CheckpointError, ConfigError, DataError
+from bapose.errors import CheckpointError, ConfigError, DataError, exit_on_error
 from bapose.evaluation import to_coco_results
 from bapose.inference import predict as run_inference
 from bapose.inference import to_original
@@ -438,11 +438,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def main(cfg: DictConfig) -> None:
     logging.captureWarnings(True)  # skipped files etc. as log lines, not source excerpts
-    try:
-        predict(cfg)
-    except BAPoseError as e:
-        # one actionable line instead of a traceback: which file / field, what was expected
-        raise SystemExit(f"bapose-predict: {e}") from None
+    exit_on_error("bapose-predict", lambda: predict(cfg))
 
 
 if __name__ == "__main__":

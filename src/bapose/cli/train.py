@@ -12,7 +12,6 @@ entry point over ``conf/train.yaml``::
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.errors import BAPoseError, ConfigError, user_message
+from bapose.errors import BAPoseError, ConfigError, exit_on_error
 from bapose.paths import config_dir
 
 log = logging.getLogger("bapose")
@@ -212,12 +211,7 @@ def main(cfg: DictConfig) -> float | None:
     A bapose error (bad data, config or checkpoint; a diverged run) ends the run with its one-line message, not a
     traceback; ``HYDRA_FULL_ERROR=1`` keeps the traceback.
     """
-    try:
-        metrics = train(cfg)
-    except BAPoseError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"bapose-train: {user_message(e)}") from None
+    metrics = exit_on_error("bapose-train", lambda: train(cfg))
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
     if isinstance(value, (int, float)) and np.isfinite(value):

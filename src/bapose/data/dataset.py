@@ -8,8 +8,6 @@ the training augmentation and encodes the codec targets — inside the DataLoade
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
