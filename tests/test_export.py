@@ -100,20 +100,20 @@ def _planted_maps(b: int = 2, k: int = 17, h: int = 24, w: int = 40, seed: int =
     return hm, off
 
 
-@pytest.mark.parametrize("kernel", [0, 5])
-def test_numpy_decoder_equals_torch_codec(kernel):
+@pytest.mark.parametrize(("kernel", "refine"), [(0, 0), (5, 0), (0, 2)])
+def test_numpy_decoder_equals_torch_codec(kernel, refine):
     hm, off = _planted_maps()
-    codec = BAPoseCodec(input_size=96, nms_kernel=kernel)
+    codec = BAPoseCodec(input_size=96, nms_kernel=kernel, refine_radius=refine)
     ref = codec.decode(torch.from_numpy(hm), torch.from_numpy(off))
     got = decode_numpy(hm, off, stride=codec.stride, max_people=codec.max_people,
-                       center_threshold=codec.center_threshold, nms_kernel=kernel)
+                       center_threshold=codec.center_threshold, nms_kernel=kernel, refine_radius=refine)
     assert len(got) == len(ref) == 2
     for r, (poses, scores) in zip(ref, got):
         assert poses.shape == tuple(r.poses.shape) and poses.shape[0] >= 4
         np.testing.assert_allclose(poses, r.poses.numpy(), atol=1e-4)
         np.testing.assert_allclose(scores, r.scores.numpy(), atol=1e-6)
     # one image without the batch axis, and a threshold nobody passes
-    single = decode_numpy(hm[0], off[0], nms_kernel=kernel)
+    single = decode_numpy(hm[0], off[0], nms_kernel=kernel, refine_radius=refine)
     np.testing.assert_allclose(single[0][0], got[0][0])
     assert decode_numpy(hm, off, center_threshold=1.0)[0][0].shape == (0, 17, 3)
 

@@ -83,17 +83,40 @@ def _pose_nms(poses: np.ndarray, scores: np.ndarray, ratio: float, fraction: flo
     return order[alive]
 
 
+def _refine(maps: np.ndarray, jx: np.ndarray, jy: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each joint to its own map's best grid pixel within ``r`` of the rounded regression, plus a quadratic
+    sub-pixel step (at most ±0.5) per axis — :meth:`BAPoseCodec.refine` step by step. ``jx, jy``: ``(T, K)``."""
+    _, h, w = maps.shape
+    steps = np.arange(-r, r + 1, dtype=np.float64)
+    dy, dx = np.meshgrid(steps, steps, indexing="ij")
+    cx = np.clip(np.round(jx)[..., None] + dx.ravel(), 0, w - 1)  # (T, K, n)
+    cy = np.clip(np.round(jy)[..., None] + dy.ravel(), 0, h - 1)
+    t, k, n = cx.shape
+    vals = _bilinear(maps, cx.transpose(0, 2, 1).reshape(t * n, k), cy.transpose(0, 2, 1).reshape(t * n, k))
+    best = vals.reshape(t, n, k).argmax(1)[..., None]  # (T, K, 1)
+    px = np.take_along_axis(cx, best, 2)[..., 0]
+    py = np.take_along_axis(cy, best, 2)[..., 0]
+    centre = _bilinear(maps, px, py)
+    out = []
+    for lo, hi in ((_bilinear(maps, px - 1, py), _bilinear(maps, px + 1, py)),
+                   (_bilinear(maps, px, py - 1), _bilinear(maps, px, py + 1))):
+        curv = 2 * centre - lo - hi
+        shift = np.where(curv > 1e-6, 0.5 * (hi - lo) / np.maximum(curv, 1e-6), 0.0)
+        out.append(np.clip(shift, -0.5, 0.5))
+    return px + out[0], py + out[1]
+
+
 def decode_numpy(heatmaps: np.ndarray, offsets: np.ndarray, stride: int = 4, max_people: int = 30,
                  center_threshold: float = 0.01, nms_kernel: int = 0, pose_nms_ratio: float = 0.05,
-                 pose_nms_fraction: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+                 pose_nms_fraction: float = 0.5, refine_radius: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """People from the network's maps, with numpy only.
 
     Args:
         heatmaps: ``(B, K+1, h, w)`` or ``(K+1, h, w)``, the center map last (the ONNX output ``heatmaps``).
         offsets: ``(B, 2K, h, w)`` or ``(2K, h, w)``, ``(x0, y0, x1, y1, ...)`` in grid pixels (output ``offsets``).
         stride: network output stride (4).
-        max_people, center_threshold, nms_kernel, pose_nms_ratio, pose_nms_fraction: the codec's decode knobs
-            (``conf/codec/default.yaml``); the defaults are the codec's.
+        max_people, center_threshold, nms_kernel, pose_nms_ratio, pose_nms_fraction, refine_radius: the codec's
+            decode knobs (``conf/codec/default.yaml``); the defaults are the codec's.
 
     Returns:
         one ``(poses (M, K, 3), scores (M,))`` per image, float64: ``(x, y, joint score)`` in input-image pixels,
@@ -122,6 +145,8 @@ def decode_numpy(heatmaps: np.ndarray, offsets: np.ndarray, stride: int = 4, max
         sel = off[i].reshape(k, 2, h * w)[:, :, idx[i]]  # (K, 2, T)
         jx = cx[i][:, None] + sel[:, 0].T  # (T, K) grid pixels
         jy = cy[i][:, None] + sel[:, 1].T
+        if refine_radius > 0:
+            jx, jy = _refine(hm[i, :k], jx, jy, int(refine_radius))
         joint_heat = _bilinear(hm[i, :k], jx, jy)  # (T, K)
         joint_scores = center_value[i][:, None] * joint_heat
         poses = np.stack([(jx + 0.5) * stride - 0.5, (jy + 0.5) * stride - 0.5, joint_scores], -1)
