@@ -216,3 +216,18 @@ def draw_offsets(image: np.ndarray, offsets: np.ndarray, weights: np.ndarray, st
             cv2.arrowedLine(out, (round(x0), round(y0)), (round(x1), round(y1)), palette[int(sides[j])], thickness,
                             cv2.LINE_AA, tipLength=0.05)
     return out
+
+
+def tile_images(images: Sequence[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
+    """Tile ``(H_i, W_i, 3)`` images into one grid image (cells sized to the largest image, black padding)."""
+    if not images:
+        raise ValueError("tile_images: no images to tile; expected at least one")
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    cols = max(1, min(cols, len(images)))
+    rows = -(-len(images) // cols)
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), np.uint8)
+    for i, im in enumerate(images):
+        y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
+        grid[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return grid

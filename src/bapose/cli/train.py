@@ -126,7 +126,7 @@ def save_prediction_image(module: Any, dataset: Any, path: Path, count: int) -> 
     """Draw the module's predictions on the first ``count`` validation images and save one tiled PNG."""
     import cv2
 
-    from bapose.training.draw import draw_poses, tile_images
+    from bapose.vis import draw_poses, tile_images
 
     if dataset is None or count <= 0 or len(dataset) == 0:
         return None
@@ -141,8 +141,13 @@ def save_prediction_image(module: Any, dataset: Any, path: Path, count: int) -> 
         if "valid_size" in sample:  # crop the eval padding
             h, w = (int(v) for v in sample["valid_size"])
             rgb = rgb[:h, :w]
-        tiles.append(draw_poses(rgb, result.poses.cpu().numpy(), module.meta.skeleton,
-                                scores=result.scores.cpu().numpy()))
+        poses = result.poses.cpu().numpy().astype(np.float64)
+        # small inputs (the 128-px demo) are drawn at >= 256 px so skeletons stay readable
+        zoom = max(1, -(-256 // min(rgb.shape[:2])))
+        if zoom > 1:
+            rgb = cv2.resize(rgb, (rgb.shape[1] * zoom, rgb.shape[0] * zoom), interpolation=cv2.INTER_LINEAR)
+            poses[..., :2] = (poses[..., :2] + 0.5) * zoom - 0.5
+        tiles.append(draw_poses(np.ascontiguousarray(rgb), poses, result.scores.cpu().numpy(), module.meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(tile_images(tiles), cv2.COLOR_RGB2BGR))
     return path
