@@ -71,7 +71,7 @@ def test_onnx_matches_pytorch_on_a_real_image(tmp_path, busy_ckpt, coco_sample):
     x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(1))
     h, o = run_onnx(tmp_path / "m.onnx", x.numpy(), threads=1)
     codec = BAPoseCodec(input_size=64)
-    from bapose.cli.predict import load_model
+    from bapose import load_model
 
     net = load_model(busy_ckpt).net
     with torch.no_grad():

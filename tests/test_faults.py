@@ -342,6 +342,10 @@ def test_input_size_not_multiple_of_32_fails_before_training(tmp_path, monkeypat
     done = _run_cli(*TINY, "data.input_size=100", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"bapose-train: {err.value}"
+    # and the run folder says so (sweep reports list failed jobs from it)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == f"bapose-train: {err.value}"
+    assert status["overrides"][-1] == "data.input_size=100" and status["error_type"] == "SystemExit"
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -510,6 +514,8 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
                 proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    # a killed job cannot write its end: status.json still says running (a report lists it as unfinished)
+    assert json.loads((run / "status.json").read_text())["status"] == "running"
     ckpt = load_checkpoint_safely(last)  # right after the kill: whole and loadable
     step = ckpt["global_step"]
     assert 2 <= step < 2 * STEPS_PER_EPOCH and _all_finite(ckpt["state_dict"])
@@ -529,6 +535,8 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
     assert lr == pytest.approx(2e-3 * 0.1 ** sum(step >= s for s in (3, 6, 9)))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epoch"] == 2
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["metrics"]["global_step"] == 2 * STEPS_PER_EPOCH
     final = load_checkpoint_safely(last)
     assert final["global_step"] == 2 * STEPS_PER_EPOCH
     assert final["lr_schedulers"][0]["last_epoch"] == 2 * STEPS_PER_EPOCH

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from bapose.cli.predict import LoadedModel, load_model, predict, predict_batch
+from bapose import LoadedModel, load_model  # the public loader (bapose.loading)
+from bapose.cli.predict import predict, predict_batch
 from bapose.cli.score import main as score_main
 from bapose.cli.train import build_module, compose_config
 from bapose.codecs import BAPoseCodec

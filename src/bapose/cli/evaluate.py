@@ -21,32 +21,16 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
 from bapose.cli.train import build_datamodule
 from bapose.errors import ConfigError, exit_on_error
+from bapose.loading import load_model
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
-from bapose.utils.checkpoint import check_state_dict_compatible, extract_net_state, load_checkpoint_safely
 
 log = logging.getLogger("bapose")
-
-
-def model_config_for(cfg: DictConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model config to rebuild: the checkpoint's own (``bapose.model``) unless told otherwise, never pretrained
-    (the checkpoint holds the weights; nothing may be downloaded)."""
-    stored = (ckpt.get("bapose") or {}).get("model")
-    if cfg.get("model_from_checkpoint", True) and stored:
-        model_cfg = dict(stored)
-    else:
-        if cfg.get("model") is None:
-            raise ConfigError(f"checkpoint '{cfg.ckpt_path}' has no field 'bapose.model' and no model= was given; "
-                              f"expected one of them to say which net to build")
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if "pretrained" in model_cfg:
-        model_cfg["pretrained"] = False
-    return model_cfg
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -57,17 +41,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in ("val", "test"):
         raise ConfigError(f"field 'split' is {split!r}; expected 'val' or 'test'")
     path = Path(str(cfg.ckpt_path))
-    ckpt = load_checkpoint_safely(path)
-    stored = ckpt.get("bapose") or {}
-
     datamodule = build_datamodule(cfg)
     meta = datamodule.meta
-    net = instantiate(model_config_for(cfg, ckpt))
-    state = extract_net_state(ckpt, prefer_ema=bool(cfg.get("prefer_ema", True)))
-    check_state_dict_compatible(net.state_dict(), state, source=str(path),
-                                expected_meta={"num_keypoints": meta.num_keypoints},
-                                found_meta={"num_keypoints": stored.get("num_keypoints")})
-    net.load_state_dict(state, strict=True)
+    # the net the checkpoint was trained as (its own model config unless model_from_checkpoint=false), checked
+    # against this dataset's K; the datamodule's codec decodes, with the checkpoint's stored decode knobs
+    loaded = load_model(path, model=cfg.get("model"), model_from_checkpoint=bool(cfg.get("model_from_checkpoint", True)),
+                        meta=meta, input_size=datamodule.input_size, prefer_ema=bool(cfg.get("prefer_ema", True)),
+                        device="cpu")
+    net, stored = loaded.net, loaded.info
     if stored.get("meta") not in (None, meta.name):
         warnings.warn(f"checkpoint '{path}' was trained on '{stored['meta']}' and is scored on '{meta.name}' "
                       f"(same K={meta.num_keypoints})", stacklevel=2)
@@ -89,7 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stats = module.last_metrics[split]
     metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in stats.items()}
     metrics.update({"ckpt_path": str(path), "split": split, "flip": flip, "scales": scales,
-                    "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_global_step": ckpt.get("global_step")})
+                    "checkpoint_epoch": loaded.epoch, "checkpoint_global_step": loaded.global_step})
     if trainer.is_global_zero:
         out_dir = Path(cfg.paths.output_dir)
         blog.write_json(out_dir / "results.json", module.results)

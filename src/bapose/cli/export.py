@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.cli.predict import load_model, read_image
+from bapose.cli.predict import read_image
+from bapose.loading import load_model
 from bapose.data.transforms import EvalTransform
 from bapose.errors import ConfigError, DataError, exit_on_error
 from bapose.export.onnx import ParityError, export_onnx, onnx_parity

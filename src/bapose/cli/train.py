@@ -216,7 +216,14 @@ def main(cfg: DictConfig) -> float | None:
     A bapose error (bad data, config or checkpoint; a diverged run) ends the run with its one-line message, not a
     traceback; ``HYDRA_FULL_ERROR=1`` keeps the traceback.
     """
-    metrics = exit_on_error("bapose-train", lambda: train(cfg))
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    # status.json in the run folder: running / finished / failed with the error line (sweep reports read it)
+    with blog.run_status(cfg.paths.output_dir, "train", overrides, write=rank_zero_only.rank == 0) as status:
+        metrics = exit_on_error("bapose-train", lambda: train(cfg))
+        status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
     if isinstance(value, (int, float)) and np.isfinite(value):

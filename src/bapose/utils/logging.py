@@ -11,12 +11,15 @@ Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import math
 import netrc
 import os
-from collections.abc import Iterable, Mapping
+import socket
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +125,57 @@ def finish_loggers(loggers: Iterable[Any] = ()) -> None:
         return
     if wandb.run is not None:
         wandb.finish()
+
+
+STATUS_FILE = "status.json"
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def error_line(err: BaseException) -> str:
+    """One line saying why a run ended: the user message of a bapose error (also when it arrives as the SystemExit
+    of ``exit_on_error``), else ``Type: message`` (first line)."""
+    from bapose.errors import user_message
+
+    if isinstance(err, SystemExit):
+        text = err.code if isinstance(err.code, str) else f"exit code {err.code}"
+    else:
+        text = user_message(err)
+        if not text.startswith(type(err).__name__):
+            text = f"{type(err).__name__}: {text}"
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def run_status(out_dir: str | os.PathLike, task: str, overrides: Iterable[str] = (),
+               write: bool = True) -> Iterator[dict[str, Any]]:
+    """Keep ``<out_dir>/status.json`` saying how a run stands, for sweep reports and requeued jobs.
+
+    ``{"status": "running", "task", "overrides", "started", "host", "pid"}`` at the start; on exit ``"finished"``, or
+    ``"failed"`` with ``"error"`` (one line, see :func:`error_line`) and ``"error_type"`` when the body raised (the
+    exception propagates unchanged), ``"interrupted"`` on Ctrl-C; ``"ended"`` in both cases. The body may add fields to
+    the yielded dict (e.g. metrics), written at the end. ``write=False`` (non-zero DDP ranks) keeps the file untouched.
+    """
+    path = Path(out_dir) / STATUS_FILE
+    info: dict[str, Any] = {"status": "running", "task": task, "overrides": list(overrides), "started": _now(),
+                            "host": socket.gethostname(), "pid": os.getpid()}
+    if write:
+        write_json(path, info)
+    try:
+        yield info
+    except BaseException as err:
+        # SystemExit(0)/None is a normal end (e.g. --help); anything else is a failure of this run
+        if isinstance(err, SystemExit) and err.code in (0, None):
+            info.update(status="finished", ended=_now())
+        else:
+            info.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                        error=error_line(err), error_type=type(err).__name__, ended=_now())
+        if write:
+            write_json(path, info)
+        raise
+    info.update(status="finished", ended=_now())
+    if write:
+        write_json(path, info)
