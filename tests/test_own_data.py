@@ -221,7 +221,7 @@ def test_keypoints_field_chooser_and_real_file_names(tmp_path: Path, capsys: pyt
         assert score_main([str(path), str(res)]) == 2
     err_text = capsys.readouterr().err
     assert str(path) in err_text and "--keypoints-field keypoints_21" in err_text
-    with pytest.raises(DataError, match="keypoints_field=keypoints_21") as err:
+    with pytest.raises(DataError, match="keypoints_field=keypoints_21") as err, pytest.warns(UserWarning):
         CocoKeypointDataset(path, tmp_path, train=False)
     assert str(path) in str(err.value)
     # chosen: K=21, GT vs itself 1.0 through the CLI
