@@ -359,6 +359,7 @@ class BAPoseDataModule(L.LightningDataModule):
                                    keypoints_field=self.keypoints_field, data=self._json_cache.pop(ann, None))
 
     def setup(self, stage: str | None = None) -> None:
+        self.eval_mode  # noqa: B018 - the rule set, decided while its json is read once for the datasets anyway
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset("train", train=True)
             if self.train_dataset is None:
