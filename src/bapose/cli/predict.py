@@ -183,11 +183,12 @@ def same_size_batches(frames: Iterator[Frame], size: int, key: Any) -> Iterator[
     pending: dict[Any, list[Frame]] = {}
     waiting = 0
     for f in frames:
-        group = pending.setdefault(key(f), [])
+        k = key(f)
+        group = pending.setdefault(k, [])
         group.append(f)
         waiting += 1
         if len(group) == size:
-            yield pending.pop(key(f))
+            yield pending.pop(k)
             waiting -= size
         elif waiting > _MAX_PENDING_BATCHES * size:
             fullest = max(pending, key=lambda k: len(pending[k]))
