@@ -17,6 +17,7 @@ import torch
 from bapose.cli.score import format_table, resolve_dataset
 from bapose.codecs import BAPoseCodec
 from bapose.codecs.upper_bound import codec_upper_bound
+from bapose.data.metadata import MIN_CENTER_AREA
 
 
 def main() -> None:
@@ -28,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     gt = json.loads(args.ann.read_text())
-    meta, mode = resolve_dataset(gt, args.dataset)
-    stats = codec_upper_bound(gt, meta, mode, args.input_size, BAPoseCodec(input_size=args.input_size),
-                              backend=args.backend)
+    meta, mode = resolve_dataset(gt, args.dataset, args.ann)
+    codec = BAPoseCodec(input_size=args.input_size, min_center_area=MIN_CENTER_AREA[mode])  # the rule set's rule
+    stats = codec_upper_bound(args.ann, meta, mode, args.input_size, codec, backend=args.backend)
     print(f"codec upper bound, {mode} rules, input {args.input_size}: {args.ann}")
     print(format_table(stats))
     print(f"AP={stats['AP']:.4f}")

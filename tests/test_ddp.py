@@ -37,8 +37,10 @@ def test_ddp_cpu_gathered_ap_equals_single_process(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     _save_module_checkpoint(cfg, ckpt)
 
-    single = _bapose_eval([f"ckpt_path={ckpt}", "trainer=cpu", *DATA], tmp_path / "single")
-    ddp = _bapose_eval([f"ckpt_path={ckpt}", "trainer=ddp_cpu", "trainer.devices=2", *DATA], tmp_path / "ddp")
+    # the checkpoint is saved without a trainer, so it stores no dataset: data= names it
+    single = _bapose_eval([f"ckpt_path={ckpt}", "trainer=cpu", "data=synthetic", *DATA], tmp_path / "single")
+    ddp = _bapose_eval([f"ckpt_path={ckpt}", "trainer=ddp_cpu", "trainer.devices=2", "data=synthetic", *DATA],
+                       tmp_path / "ddp")
     assert ddp["val/AP"] == single["val/AP"] and ddp["val/AR"] == single["val/AR"]
     key = lambda r: (r["image_id"], -r["score"], r["keypoints"])  # noqa: E731
     res_single = json.loads((tmp_path / "single" / "results.json").read_text())

@@ -79,10 +79,14 @@ def _meta_for(path: Path, info: Mapping[str, Any], k: int, meta: str | DatasetMe
                       f"using {k} unnamed joints without a skeleton (pass ann_file= for names and skeleton)",
                       stacklevel=3)
         return DatasetMeta.build(str(info.get("meta") or "custom"), [f"joint_{i}" for i in range(k)])
-    if found.num_keypoints != k:
-        raise CheckpointError(f"checkpoint '{path}' was trained for K={k} joints (field 'bapose.num_keypoints', "
-                              f"dataset {info.get('meta')!r}), but dataset '{found.name}' from {source} has "
-                              f"{found.num_keypoints}; expected the same joint set")
+    spec = info.get("meta_spec")
+    trained = list(spec["keypoints"]) if isinstance(spec, Mapping) and spec.get("keypoints") else None
+    if found.num_keypoints != k or (trained is not None and list(found.keypoints) != trained):
+        joint_set = (DatasetMeta.build(**spec).describe() if trained is not None and len(trained) == k
+                     else f"{info.get('meta')!r}")
+        raise CheckpointError(f"checkpoint '{path}' was trained on joint set {joint_set} (K={k}, field "
+                              f"'bapose.meta_spec'), but {source} has joint set {found.describe()}; expected the "
+                              f"same joint set (score a checkpoint on a dataset of its own joints)")
     return found
 
 
@@ -164,7 +168,9 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
     input_size = int(input_size)
     if input_size <= 0 or input_size % 32:
         raise ConfigError(f"field 'input_size' is {input_size}; expected a positive multiple of 32")
-    knobs = {key: v for key, v in dict(codec or {}).items() if key != "input_size"}
+    # min_center_area only shapes training targets; its null ("by the dataset's rule set") has no dataset here
+    knobs = {key: v for key, v in dict(codec or {}).items()
+             if key != "input_size" and not (key == "min_center_area" and v is None)}
     codec_obj = BAPoseCodec(input_size=input_size, **knobs).with_checkpoint_defaults(info.get("codec"))
     return LoadedModel(net=net, codec=codec_obj, meta=dmeta, input_size=input_size, path=path, info=info,
                        epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"))

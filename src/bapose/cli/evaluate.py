@@ -8,25 +8,29 @@
 
 The checkpoint is loaded with ``torch.load(weights_only=True)``; the net is rebuilt from the model config the
 checkpoint carries, and a checkpoint of another architecture or joint count fails naming the keys/shapes that differ.
+Without ``data=`` the dataset is the one the checkpoint stores (``bapose.data``: files, joint set, rule set, input
+size; ``data.<key>=`` overrides change single keys, e.g. ``data.root``); with ``data=...`` its joint set must be the
+checkpoint's, and the input size stays the checkpoint's unless ``data.input_size=`` is given.
 Writes ``metrics.json`` and the COCO-format ``results.json`` into the run folder.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
 from bapose.cli.train import build_datamodule
-from bapose.errors import ConfigError, exit_on_error
+from bapose.data.metadata import DatasetMeta
+from bapose.errors import CheckpointError, ConfigError, exit_on_error
 from bapose.loading import load_model
+from bapose.utils.checkpoint import load_checkpoint_safely
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
 
@@ -41,17 +45,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in ("val", "test"):
         raise ConfigError(f"field 'split' is {split!r}; expected 'val' or 'test'")
     path = Path(str(cfg.ckpt_path))
+    info = dict(load_checkpoint_safely(path).get("bapose") or {})
+    cfg = with_eval_data(cfg, info, path)
     datamodule = build_datamodule(cfg)
     meta = datamodule.meta
     # the net the checkpoint was trained as (its own model config unless model_from_checkpoint=false), checked
-    # against this dataset's K; the datamodule's codec decodes, with the checkpoint's stored decode knobs
+    # against this dataset's joint set (another one is refused, naming both); the datamodule's codec decodes, with the checkpoint's stored decode knobs
     loaded = load_model(path, model=cfg.get("model"), model_from_checkpoint=bool(cfg.get("model_from_checkpoint", True)),
                         meta=meta, input_size=datamodule.input_size, prefer_ema=bool(cfg.get("prefer_ema", True)),
                         device="cpu")
     net, stored = loaded.net, loaded.info
-    if stored.get("meta") not in (None, meta.name):
-        warnings.warn(f"checkpoint '{path}' was trained on '{stored['meta']}' and is scored on '{meta.name}' "
-                      f"(same K={meta.num_keypoints})", stacklevel=2)
     if stored.get("input_size") not in (None, datamodule.input_size):
         log.warning("checkpoint '%s' was trained at input size %s; evaluating at data.input_size=%s", path,
                     stored["input_size"], datamodule.input_size)
@@ -79,6 +82,72 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                                f"{len(module.results)} people)"), flush=True)
         print(f"run folder: {out_dir} (results.json, metrics.json)", flush=True)
     return metrics
+
+
+def _command_line() -> list[str]:
+    """This run's command-line overrides (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _merge_given(stored: Any, given: Any) -> Any:
+    """``stored`` with every non-null value of ``given`` on top (dicts merged key by key)."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        out = dict(stored)
+        for key, value in given.items():
+            if value is not None:
+                out[key] = _merge_given(stored.get(key), value)
+        return out
+    return given if given is not None else stored
+
+
+def _joint_set(info: dict) -> str:
+    spec = info.get("meta_spec")
+    if isinstance(spec, dict) and spec.get("keypoints"):
+        return DatasetMeta.build(**spec).describe()
+    return f"'{info.get('meta')}' (K={info.get('num_keypoints')})"
+
+
+def with_eval_data(cfg: DictConfig, info: dict, path: Path) -> DictConfig:
+    """``cfg`` with ``cfg.data`` the dataset to score on: the checkpoint's (``data: checkpoint``, the default: its
+    stored ``bapose.data`` with the non-null keys of ``cfg.data`` on top) or the ``data=`` group given; the input
+    size the checkpoint's unless ``data.input_size=`` is on the command line.
+
+    Raises:
+        CheckpointError: the default without a stored dataset (a checkpoint written before bapose kept it), naming
+            which ``data=`` to give.
+    """
+    cfg = cfg.copy()
+    data = cfg.get("data")
+    from_checkpoint = data is None or bool(data.get("from_checkpoint", False))
+    stored_size = info.get("input_size")
+    if from_checkpoint:
+        spec = info.get("data")
+        if not isinstance(spec, dict):
+            name = info.get("meta")
+            group = name if name in ("coco", "crowdpose") else "custom"
+            raise CheckpointError(
+                f"checkpoint '{path}' does not store the dataset it was trained on (field 'bapose.data'; written "
+                f"before bapose kept it); give one with joint set {_joint_set(info)}: data={group} "
+                f"data.root=<dataset folder> (or data=synthetic for a checkpoint of the generated demo set)")
+        given = OmegaConf.to_container(data, resolve=True) if data is not None else {}
+        given.pop("from_checkpoint", None)
+        node = _merge_given(spec, given)
+        log.info("bapose-eval: dataset '%s' from checkpoint '%s' (%s rules, input size %s)", node.get("name"),
+                 path, node.get("eval_mode"), node.get("input_size"))
+    else:
+        node = OmegaConf.to_container(data, resolve=True)
+        told = any(o.split("=", 1)[0].lstrip("+~") == "data.input_size" for o in _command_line())
+        if isinstance(stored_size, int) and not told and node.get("input_size") != stored_size:
+            log.info("bapose-eval: input size %s, the checkpoint's (data.input_size=%s to change it)", stored_size,
+                     node.get("input_size"))
+            node["input_size"] = stored_size
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create(node)
+    return cfg
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")

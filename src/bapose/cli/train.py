@@ -99,7 +99,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The datamodule of ``cfg.data``, given the ``codec`` group's kwargs (it builds the one codec instance that
     the dataset encodes with and the module decodes with)."""
     codec = OmegaConf.to_container(cfg.codec, resolve=True) if cfg.get("codec") is not None else None
-    return instantiate_checked(cfg.data, codec=codec)
+    datamodule = instantiate_checked(cfg.data, codec=codec)
+    if cfg.data.get("num_keypoints", 0) is None:
+        # K read from the dataset's json (data.num_keypoints: null): the model config reads ${data.num_keypoints}
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.data.num_keypoints = datamodule.meta.num_keypoints
+    return datamodule
 
 
 def build_module(cfg: DictConfig, codec: Any, **overrides: Any) -> L.LightningModule:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bapose.codecs.bapose_codec import BAPoseCodec
-from bapose.data.metadata import DatasetMeta
+from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta
 from bapose.data.transforms import apply_affine, eval_resize_matrix, invert_affine
 from bapose.evaluation import KeypointEvaluator
 from bapose.inference import to_original
@@ -31,9 +31,11 @@ def codec_upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "
     scaled by the resize (bbox w*h where the json has no ``area``), decoded, mapped back to original pixels and scored.
     """
     data = json.loads(Path(gt).read_text()) if not isinstance(gt, Mapping) else gt
-    codec = codec or BAPoseCodec(input_size=input_size)
+    # by default the small-person rule of the scoring rule set (COCO 32^2, CrowdPose none), as training resolves it
+    codec = codec or BAPoseCodec(input_size=input_size, min_center_area=MIN_CENTER_AREA[mode])
     k = meta.num_keypoints
-    evaluator = KeypointEvaluator(data, meta, mode=mode, backend=backend)
+    evaluator = KeypointEvaluator(data, meta, mode=mode, backend=backend,
+                                  file=None if isinstance(gt, Mapping) else gt)
     per_image: dict[int, list[Mapping]] = {img["id"]: [] for img in data["images"]}
     for ann in data["annotations"]:
         if not ann.get("iscrowd", 0):

@@ -8,6 +8,7 @@ created on first use in ``prepare_data`` and only looked up in ``setup``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,11 +25,13 @@ from bapose.data.dataset import (
     limit_cv2_threads_before_fork,
     load_coco_keypoint_json,
 )
-from bapose.data.metadata import DatasetMeta
+from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta, keypoint_categories, rule_set
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError
 
-__all__ = ["BAPoseDataModule", "collate_eval", "collate_train"]
+__all__ = ["BAPoseDataModule", "collate_eval", "collate_train", "datamodule_spec"]
+
+log = logging.getLogger("bapose")
 
 _TARGETS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
 
@@ -93,9 +96,14 @@ class BAPoseDataModule(L.LightningDataModule):
     Args:
         name: dataset name (logging, run names).
         input_size: training crop side and eval short side (pixels).
-        num_keypoints: K; must equal the meta's K (the model config reads it as ``${data.num_keypoints}``).
-        meta: ``DatasetMeta.build`` kwargs (``{name: coco}`` for a preset), a ``DatasetMeta``, or None to read
-            the joint set from the train (else val) json's keypoint category.
+        num_keypoints: K; must equal the meta's K (the model config reads it as ``${data.num_keypoints}``); None
+            takes the meta's (``bapose.cli.train.build_datamodule`` writes it back into the config).
+        meta: ``DatasetMeta.build`` kwargs (``{name: coco}`` for a preset, or ``keypoints`` [+ ``flip_index``,
+            ``sigmas``, ``skeleton``] for a custom set), a ``DatasetMeta``, or None to read the joint set from the
+            train (else val) json's keypoint category. Without ``keypoints`` and with a name that is no preset
+            (or none), the joint set is read from the json and the given ``sigmas`` / ``flip_index`` /
+            ``skeleton`` / ``name`` replace what the json implies. ``keypoints_field`` (any form) picks the
+            annotation field holding the joints in files with several joint sets (``keypoints_21``).
         train, val, test: ``{ann_file, image_dir}``; relative paths are resolved against ``root``.
         codec: a ``BAPoseCodec`` (or any object with ``encode``), or kwargs for ``BAPoseCodec(input_size, ...)``.
         batch_size: training batch per device; ``val_batch_size`` for val/test.
@@ -108,10 +116,15 @@ class BAPoseDataModule(L.LightningDataModule):
             train/val/test with the generated files (its val split also serves as test).
         root: dataset root folder that relative ``ann_file``/``image_dir`` paths start from.
         size_divisor: eval images are padded to multiples of it.
-        eval_mode: "coco" or "crowdpose" scoring for the module's evaluator; None lets it follow the meta name.
+        eval_mode: "coco" or "crowdpose" rules for the module's evaluator and the codec's small-person rule; None
+            takes the dataset's rule set (``bapose.data.metadata.rule_set``: CrowdPose for CrowdPose-format data —
+            the CrowdPose joint set, ``crowdIndex`` images, or no ``area`` in the json — else COCO).
+
+    The codec's ``min_center_area: null`` means "by the rule set": 32^2 under COCO rules, none under CrowdPose
+    rules (as DEKR), resolved here before the codec is built and logged once.
     """
 
-    def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int = 17,
+    def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int | None = 17,
                  meta: Mapping | DatasetMeta | None = None, train: Mapping | None = None, val: Mapping | None = None,
                  test: Mapping | None = None, codec: Any = None, batch_size: int = 8, val_batch_size: int = 1,
                  num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
@@ -135,7 +148,7 @@ class BAPoseDataModule(L.LightningDataModule):
             raise ConfigError(f"data field 'on_bad_sample' is '{on_bad_sample}'; expected 'raise' or 'skip'")
         self.name = name
         self.input_size = int(input_size)
-        self.num_keypoints = int(num_keypoints)
+        self.num_keypoints = int(num_keypoints) if num_keypoints is not None else None
         self.root = Path(root) if root is not None else None
         self.splits = {"train": _plain(train), "val": _plain(val), "test": _plain(test)}
         self.synthetic = _plain(synthetic) or None
@@ -149,24 +162,53 @@ class BAPoseDataModule(L.LightningDataModule):
         self.size_divisor = int(size_divisor)
         if eval_mode not in (None, "coco", "crowdpose"):
             raise ConfigError(f"data field 'eval_mode' is '{eval_mode}'; expected 'coco', 'crowdpose' or null")
-        self.eval_mode = eval_mode
+        self._eval_mode = eval_mode
         self._meta_cfg = meta if isinstance(meta, DatasetMeta) else (_plain(meta) if meta is not None else None)
+        self.keypoints_field = "keypoints"
+        if isinstance(self._meta_cfg, dict):
+            self.keypoints_field = str(self._meta_cfg.pop("keypoints_field", None) or "keypoints")
         self._meta: DatasetMeta | None = None
+        self._json_cache: dict[Path, dict] = {}  # jsons read before setup (joint set, rule set), handed to datasets
         self._codec_cfg = codec
         self._codec: Any = None
         self.train_dataset: CocoKeypointDataset | None = None
         self.val_dataset: CocoKeypointDataset | None = None
         self.test_dataset: CocoKeypointDataset | None = None
-        if self._meta_cfg is not None:
+        if self._meta_cfg is not None and not self._meta_from_json:
             self._check_k(self.meta)  # fail at construction, before any data is touched
         if self.augmentation:  # bad augmentation keys fail at construction too
             self._train_transform()
 
     # ------------------------------------------------------------------------------------------- meta and codec
     def _check_k(self, meta: DatasetMeta) -> None:
+        if self.num_keypoints is None:
+            self.num_keypoints = meta.num_keypoints
         if meta.num_keypoints != self.num_keypoints:
             raise ConfigError(f"data field 'num_keypoints' is {self.num_keypoints} but the dataset meta "
                               f"'{meta.name}' has K={meta.num_keypoints} joints; expected them to be equal")
+
+    @property
+    def _meta_from_json(self) -> bool:
+        """Whether the joint set is read from the json (no meta, or a meta without joint names or preset name)."""
+        cfg = self._meta_cfg
+        if cfg is None:
+            return True
+        if isinstance(cfg, DatasetMeta) or cfg.get("keypoints") is not None:
+            return False
+        return cfg.get("name") not in ("coco", "crowdpose")
+
+    def _json(self, ann: Path) -> dict:
+        """A split's json, read once until setup hands it to its dataset."""
+        if ann not in self._json_cache:
+            self._json_cache[ann] = load_coco_keypoint_json(ann, self.keypoints_field)
+        return self._json_cache[ann]
+
+    def _first_json(self, *splits: str) -> Path | None:
+        for split in splits:
+            ann = self._split_paths(split)[0]
+            if ann is not None:
+                return ann
+        return None
 
     @property
     def meta(self) -> DatasetMeta:
@@ -174,18 +216,38 @@ class BAPoseDataModule(L.LightningDataModule):
         if self._meta is None:
             if isinstance(self._meta_cfg, DatasetMeta):
                 meta = self._meta_cfg
-            elif self._meta_cfg is not None:
-                meta = DatasetMeta.build(**self._meta_cfg)
+            elif not self._meta_from_json:
+                meta = DatasetMeta.build(**self._meta_cfg, source="data.meta")
             else:
-                ann = self._split_paths("train")[0] or self._split_paths("val")[0]
+                ann = self._first_json("train", "val")
                 if ann is None:
                     raise ConfigError("data: no 'meta' and no train/val json to read the joint set from")
-                data = load_coco_keypoint_json(ann)
-                category = next(c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c)
-                meta = DatasetMeta.from_coco_category(category)
+                data = self._json(ann)
+                category = keypoint_categories(data, ann, self.keypoints_field)[0]
+                given = dict(self._meta_cfg or {})
+                meta = DatasetMeta.from_coco_category(category, name=given.get("name"), sigmas=given.get("sigmas"),
+                                                      file=ann, keypoints_field=self.keypoints_field)
+                if given.get("flip_index") is not None or given.get("skeleton") is not None:
+                    spec = meta.spec()
+                    spec.update({k: given[k] for k in ("flip_index", "skeleton") if given.get(k) is not None})
+                    meta = DatasetMeta.build(**spec, source=f"file '{ann}' with data.meta")
             self._check_k(meta)
             self._meta = meta
         return self._meta
+
+    @property
+    def eval_mode(self) -> str:
+        """The dataset's rule set, ``"coco"`` or ``"crowdpose"``: ``eval_mode`` when given, else read from the data
+        (the CrowdPose joint set, or the val (else train) json: ``bapose.data.metadata.rule_set``)."""
+        if self._eval_mode is None:
+            if self.meta.name == "crowdpose":
+                self._eval_mode = "crowdpose"
+            elif self.synthetic:
+                self._eval_mode = "coco"  # generated people carry a segment `area` (bapose.data.synthetic)
+            else:
+                ann = self._first_json("val", "train")
+                self._eval_mode = rule_set(self._json(ann), self.meta.name) if ann is not None else "coco"
+        return self._eval_mode
 
     @property
     def codec(self) -> Any:
@@ -199,6 +261,11 @@ class BAPoseDataModule(L.LightningDataModule):
                 if kwargs.setdefault("input_size", self.input_size) != self.input_size:
                     raise ConfigError(f"codec field 'input_size' is {kwargs['input_size']}; expected data.input_size "
                                       f"{self.input_size}")
+                if "min_center_area" in kwargs and kwargs["min_center_area"] is None:
+                    # null: the small-person rule of the dataset's rule set (conf/codec/default.yaml)
+                    kwargs["min_center_area"] = MIN_CENTER_AREA[self.eval_mode]
+                    log.info("data '%s': %s rules, codec.min_center_area=%g (people smaller than that get no "
+                             "center)", self.name, self.eval_mode, kwargs["min_center_area"])
                 self._codec = BAPoseCodec(**kwargs)
             else:
                 self._codec = cfg
@@ -207,6 +274,24 @@ class BAPoseDataModule(L.LightningDataModule):
                 raise ConfigError(f"codec input_size {size} differs from data field 'input_size' {self.input_size}; "
                                   "expected them to be equal")
         return self._codec
+
+    def checkpoint_spec(self) -> dict[str, Any]:
+        """What a checkpoint stores of this dataset (plain values): ``bapose-eval`` rebuilds the datamodule from it.
+
+        Resolved values: the joint set as ``DatasetMeta.build`` kwargs (+ ``keypoints_field``), the rule set as
+        ``eval_mode``, ``root`` as an absolute path; splits as configured (relative to ``root``).
+        """
+        splits = {k: (dict(v) if v else None) for k, v in self.splits.items()}
+        return {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            "name": self.name, "input_size": self.input_size, "num_keypoints": self.meta.num_keypoints,
+            "meta": {**self.meta.spec(), "keypoints_field": self.keypoints_field},
+            "root": str(self.root.absolute()) if self.root is not None else None, **splits,
+            "batch_size": self.batch_size, "val_batch_size": self.val_batch_size, "num_workers": self.num_workers,
+            "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory,
+            "on_bad_sample": self.on_bad_sample, "synthetic": dict(self.synthetic) if self.synthetic else None,
+            "size_divisor": self.size_divisor, "eval_mode": self.eval_mode,
+        }
 
     # ------------------------------------------------------------------------------------------- paths
     def _resolve(self, path: Any) -> Path:
@@ -270,9 +355,11 @@ class BAPoseDataModule(L.LightningDataModule):
             return None
         transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
-                                   transform=transform, train=train, on_bad_sample=self.on_bad_sample)
+                                   transform=transform, train=train, on_bad_sample=self.on_bad_sample,
+                                   keypoints_field=self.keypoints_field, data=self._json_cache.pop(ann, None))
 
     def setup(self, stage: str | None = None) -> None:
+        self.eval_mode  # noqa: B018 - the rule set, decided while its json is read once for the datasets anyway
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset("train", train=True)
             if self.train_dataset is None:
@@ -282,6 +369,7 @@ class BAPoseDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_dataset is None:
             self.test_dataset = self._dataset("test", train=False) if self.splits["test"] and not self.synthetic \
                 else self.val_dataset or self._dataset("val", train=False)
+        self._json_cache.clear()  # the datasets keep what they need
 
     def _loader(self, dataset: CocoKeypointDataset | None, split: str, train: bool) -> DataLoader:
         if dataset is None:
@@ -305,3 +393,10 @@ class BAPoseDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test", train=False)
+
+
+def datamodule_spec(trainer: Any) -> dict[str, Any] | None:
+    """The ``checkpoint_spec`` of a trainer's datamodule (None without a trainer or a BAPoseDataModule)."""
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    spec = getattr(dm, "checkpoint_spec", None)
+    return spec() if callable(spec) else None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bapose.data.metadata import DatasetMeta
+from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError, DataError, where
 
@@ -127,8 +127,13 @@ def _jpeg_truncated(path: str, size: int) -> bool:
     return False
 
 
-def load_coco_keypoint_json(ann_file: str | os.PathLike) -> dict:
-    """Load and check the top-level structure of a COCO keypoint json; DataError says what is wrong."""
+def load_coco_keypoint_json(ann_file: str | os.PathLike, keypoints_field: str = "keypoints") -> dict:
+    """Load and check the top-level structure of a COCO keypoint json; DataError says what is wrong.
+
+    Checks the lists, unique image ids and unique annotation ids (an evaluation could not tell two people with one
+    id apart), each image's ``id`` / ``file_name`` / size and each annotation's ``id`` / ``image_id`` /
+    ``keypoints_field``.
+    """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DataError(f"{where(ann_file)}: annotation file not found; expected a COCO keypoint json")
@@ -147,21 +152,40 @@ def load_coco_keypoint_json(ann_file: str | os.PathLike) -> dict:
     if not any(isinstance(c, dict) and "keypoints" in c for c in data["categories"]):
         raise DataError(f"{where(ann_file, 'categories')}: no category has a 'keypoints' list; expected a COCO "
                         "keypoint json (this looks like a detection/caption file)")
+    image_ids: set = set()
     for i, img in enumerate(data["images"]):
         missing = [k for k in ("id", "file_name") if k not in img]
         if missing:
             raise DataError(f"{where(ann_file, 'images')}: entry {i} lacks {missing}; expected 'id' and 'file_name'")
+        if img["id"] in image_ids:
+            raise DataError(f"{where(ann_file, 'images.id')}: image id {img['id']!r} appears twice ('{img['file_name']}' "
+                            "is one of them); expected unique image ids")
+        image_ids.add(img["id"])
         # the declared size sizes the ignore masks and the evaluation; optional, but never 0 x 0
         for key in ("width", "height"):
             value = img.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise DataError(f"{where(ann_file, f'images.{key}')}: image id {img['id']} ('{img['file_name']}') "
                                 f"has {key} {value!r}; expected a positive number of pixels")
+    ann_ids: set = set()
+    repeated = []
+    cat_ids = {c.get("id") for c in keypoint_categories(data, ann_file, keypoints_field)}
     for ann in data["annotations"]:
-        missing = [k for k in ("id", "image_id", "keypoints") if k not in ann]
+        if not isinstance(ann, dict):
+            raise DataError(f"{where(ann_file, 'annotations')}: an entry is a {type(ann).__name__}; expected an object")
+        other = "category_id" in ann and ann["category_id"] not in cat_ids  # e.g. a detection-only category
+        missing = [k for k in ("id", "image_id") + (() if other else (keypoints_field,)) if k not in ann]
         if missing:
             raise DataError(f"{where(ann_file, 'annotations', ann.get('id'))}: lacks {missing}; expected 'id', "
-                            "'image_id' and 'keypoints'")
+                            f"'image_id' and '{keypoints_field}'")
+        if ann["id"] in ann_ids:
+            repeated.append(ann["id"])
+        ann_ids.add(ann["id"])
+    if repeated:
+        shown = sorted(set(repeated), key=str)
+        raise DataError(f"{where(ann_file, 'annotations.id')}: annotation id(s) {shown[:10]}"
+                        f"{f' and {len(shown) - 10} more' if len(shown) > 10 else ''} appear more than once; "
+                        "expected unique annotation ids")
     return data
 
 
@@ -181,6 +205,13 @@ class CocoKeypointDataset(Dataset):
             missing images at setup.
         input_size: used only when ``transform`` is None.
         size_divisor: eval padding multiple, used only when ``transform`` is None.
+        keypoints_field: the annotation field holding the joints (``keypoints_21`` in files that carry several joint
+            sets); the joint names are the category's field of that name when it has one, else its ``keypoints``.
+        data: the json already loaded with ``load_coco_keypoint_json`` (the datamodule reads it once when it needs
+            the joint set or the rule set before setup); None reads ``ann_file``.
+
+    Every keypoint category with the first one's joint names is read (AP-10K-style files list one category per
+    species); annotations of other categories (detection-only classes of a mixed file) are left out.
 
     A training sample: ``image`` uint8 (3, S, S), ``heatmaps`` (K+1, h, w), ``heatmap_weights`` (K+1, h, w),
     ``offsets`` (2K, h, w), ``offset_weights`` (1, h, w) float32, ``image_id`` int.
@@ -194,7 +225,7 @@ class CocoKeypointDataset(Dataset):
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, meta: DatasetMeta | None = None,
                  codec: KeypointEncoder | None = None, transform: TrainTransform | EvalTransform | None = None,
                  train: bool = True, on_bad_sample: str = "raise", input_size: int = 512,
-                 size_divisor: int = 32) -> None:
+                 size_divisor: int = 32, keypoints_field: str = "keypoints", data: dict | None = None) -> None:
         if on_bad_sample not in ("raise", "skip"):
             raise ConfigError(f"field 'on_bad_sample' is '{on_bad_sample}'; expected 'raise' or 'skip'")
         if train and codec is None:
@@ -208,11 +239,16 @@ class CocoKeypointDataset(Dataset):
         self._rng_seed: int | None = None
         self._rng_state: np.random.Generator | None = None
 
-        data = load_coco_keypoint_json(self.ann_file)
-        category = next(c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c)
+        self.keypoints_field = str(keypoints_field)
+        if data is None:
+            data = load_coco_keypoint_json(self.ann_file, self.keypoints_field)
+        categories = keypoint_categories(data, self.ann_file, self.keypoints_field)
+        category = categories[0]
         self.category_id = category.get("id")
-        file_meta_k = len(category["keypoints"])
-        self.meta = meta if meta is not None else DatasetMeta.from_coco_category(category)
+        self._category_ids = {c.get("id") for c in categories}
+        file_meta_k = len(category.get(self.keypoints_field) or category["keypoints"])
+        self.meta = meta if meta is not None else DatasetMeta.from_coco_category(
+            category, file=self.ann_file, keypoints_field=self.keypoints_field)
         k = self.meta.num_keypoints
         if file_meta_k != k:
             raise DataError(f"{where(self.ann_file, 'categories.keypoints')}: {file_meta_k} joint names; expected "
@@ -229,19 +265,23 @@ class CocoKeypointDataset(Dataset):
     def _index(self, data: dict) -> None:
         """Flat per-annotation arrays and per-image annotation lists (cheap to index inside workers)."""
         k = self.meta.num_keypoints
-        anns = [a for a in data["annotations"]
-                if self.category_id is None or a.get("category_id", self.category_id) == self.category_id]
+        field = self.keypoints_field
+        anns = [a for a in data["annotations"] if a.get("category_id", self.category_id) in self._category_ids]
         for a in anns:
-            kp = a["keypoints"]
+            kp = a[field]
             if not isinstance(kp, list) or len(kp) != 3 * k:
                 got = f"{len(kp)} numbers" if isinstance(kp, list) else f"a {type(kp).__name__}"
-                raise DataError(f"{where(self.ann_file, 'keypoints', a['id'])}: {got}; expected {3 * k} "
-                                f"(x, y, v for each of {k} joints)")
+                others = [key for key, v in a.items() if key != field and key.startswith("keypoints")
+                          and isinstance(v, list) and len(v) == 3 * k]
+                hint = (f"; field '{others[0]}' has {3 * k}: choose it with data.meta.keypoints_field={others[0]}"
+                        if others else "")
+                raise DataError(f"{where(self.ann_file, field, a['id'])}: {got}; expected {3 * k} "
+                                f"(x, y, v for each of {k} joints){hint}")
         try:
-            keypoints = np.asarray([a["keypoints"] for a in anns], dtype=np.float32).reshape(len(anns), k, 3)
+            keypoints = np.asarray([a[field] for a in anns], dtype=np.float32).reshape(len(anns), k, 3)
         except (TypeError, ValueError):
-            bad = next(a for a in anns if not all(isinstance(v, (int, float)) for v in a["keypoints"]))
-            raise DataError(f"{where(self.ann_file, 'keypoints', bad['id'])}: contains non-numbers; expected "
+            bad = next(a for a in anns if not all(isinstance(v, (int, float)) for v in a[field]))
+            raise DataError(f"{where(self.ann_file, field, bad['id'])}: contains non-numbers; expected "
                             f"{3 * k} numbers") from None
         self._keypoints = keypoints
         self._labelled = (keypoints[..., 2] > 0).any(axis=1) if len(anns) else np.zeros(0, bool)

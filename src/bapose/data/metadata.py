@@ -43,31 +43,96 @@ CROWDPOSE_SKELETON = (
     (10, 12),
 )
 
-_LEFT_RIGHT = (
-    (re.compile(r"^left[_ ]?(.*)$"), "right_{}"),
-    (re.compile(r"^right[_ ]?(.*)$"), "left_{}"),
-    (re.compile(r"^l_(.*)$"), "r_{}"),
-    (re.compile(r"^r_(.*)$"), "l_{}"),
-)
+# side words of left/right joint names, in the spellings public datasets use (left_eye, l_eye, LEye, eye_left,
+# shoulder.L, "Left Shoulder", rear_left_paw, ...); a name carries its side as one of its words
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l", "lft": "rgt", "rgt": "lft"}
+# words of a name: snake/kebab/dot/space separated, camelCase and PascalCase split (LShoulder -> l, shoulder)
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# OKS sigma of a joint nobody gave one for, when its name matches no COCO / CrowdPose joint
+DEFAULT_SIGMA = 0.05
 
 
-def infer_flip_index(names: Sequence[str]) -> list[int]:
-    """Flip permutation from joint names: ``left_x`` <-> ``right_x`` (also ``l_x`` <-> ``r_x``); others map to themselves."""
-    lookup = {n.lower(): i for i, n in enumerate(names)}
+def _words(name: str) -> tuple[str, ...]:
+    return tuple(w.lower() for w in _WORD.findall(str(name)))
+
+
+def _partner_keys(words: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Candidate word lists of the mirrored joint: a side word swapped (left <-> right, l <-> r), else a side glued
+    to the first or last word (lefteye, lhip, shoulderl) swapped."""
+    swapped = [words[:i] + (_SIDES[w],) + words[i + 1:] for i, w in enumerate(words) if w in _SIDES]
+    if swapped:
+        return swapped
+    out = []
+    for i in {0, len(words) - 1}:
+        w = words[i] if words else ""
+        for side, other in (("left", "right"), ("right", "left"), ("l", "r"), ("r", "l")):
+            if w.startswith(side) and len(w) > len(side):
+                out.append(words[:i] + (other + w[len(side):],) + words[i + 1:])
+            if w.endswith(side) and len(w) > len(side):
+                out.append(words[:i] + (w[: -len(side)] + other,) + words[i + 1:])
+    return out
+
+
+def infer_flip_index(names: Sequence[str], source: object = None) -> list[int]:
+    """Flip permutation from joint names: a joint named with a side (``left_x`` / ``l_x`` / ``LX`` / ``x_left`` /
+    ``x.L`` / ``Left X`` / ``lefteye`` ...) maps to the joint with the other side and otherwise the same words
+    (case and separators ignored); every other joint maps to itself. A side-named joint without a partner, or an
+    ambiguous one, maps to itself with a warning naming it (``source`` names the file or dataset)."""
+    words = [_words(n) for n in names]
+    index: dict[tuple[str, ...], list[int]] = {}
+    for i, w in enumerate(words):
+        index.setdefault(w, []).append(i)
     flip = list(range(len(names)))
-    for i, name in enumerate(names):
-        low = name.lower()
-        for pattern, template in _LEFT_RIGHT:
-            m = pattern.match(low)
-            if m:
-                partner = template.format(m.group(1))
-                # "left_eye" -> "right_eye" also when the json spells it "lefteye"/"righteye"
-                for cand in (partner, partner.replace("_", "")):
-                    if cand in lookup:
-                        flip[i] = lookup[cand]
-                        break
-                break
+    lonely = []
+    for i, w in enumerate(words):
+        partners = {j for key in _partner_keys(w) for j in index.get(key, ()) if j != i}
+        if len(partners) == 1:
+            flip[i] = partners.pop()
+        elif any(x in _SIDES for x in w) or partners:
+            lonely.append(names[i])
+    # keep it a permutation that is its own inverse: a one-sided match (a -> b, b -> c) is dropped
+    for i, j in enumerate(flip):
+        if flip[j] != i:
+            lonely.append(names[i])
+            flip[i] = i
+    if lonely:
+        warnings.warn(f"{f'{source}: ' if source else ''}joint(s) {sorted(set(lonely))} look left/right but have no "
+                      "single mirrored partner among the joint names; they map to themselves under a horizontal "
+                      "flip (give data.meta.flip_index to set the pairs)", stacklevel=2)
     return flip
+
+
+def _sigma_lookup() -> dict[tuple[str, ...], float]:
+    table: dict[tuple[str, ...], float] = {}
+    for names, sigmas in ((CROWDPOSE_KEYPOINTS, CROWDPOSE_SIGMAS), (COCO_KEYPOINTS, COCO_SIGMAS)):
+        for n, s in zip(names, sigmas):
+            table[_words(n)] = s
+    # the same joints as other datasets spell them (l_ -> left_): one table serves LShoulder and left_shoulder
+    for key, s in list(table.items()):
+        table[tuple({"left": "l", "right": "r"}.get(w, w) for w in key)] = s
+    return table
+
+
+def default_sigmas(names: Sequence[str], source: object = None) -> tuple[float, ...]:
+    """OKS sigmas for a joint set nobody gave sigmas for, with a warning saying which joints got which.
+
+    A joint whose name matches a COCO or CrowdPose joint (case, separators and ``l``/``left`` spellings ignored)
+    takes that joint's sigma; every other joint gets ``DEFAULT_SIGMA`` (0.05). AP then depends on this guess: give
+    the dataset's own sigmas (``data.meta.sigmas``, ``bapose-score --sigmas``) for numbers comparable to others'.
+    """
+    table = _sigma_lookup()
+    sigmas = tuple(float(table.get(_words(n), DEFAULT_SIGMA)) for n in names)
+    known = [n for n in names if _words(n) in table]
+    other = [n for n in names if _words(n) not in table]
+    parts = []
+    if known:
+        parts.append(f"the COCO/CrowdPose sigma for {len(known)} joint(s) of the same name")
+    if other:
+        parts.append(f"{DEFAULT_SIGMA} for {other if len(other) <= 8 else f'{len(other)} joints'}")
+    warnings.warn(f"{f'{source}: ' if source else ''}no OKS sigmas given for {len(names)} joints; using "
+                  f"{' and '.join(parts)}. Set data.meta.sigmas (bapose-score --sigmas) to the dataset's own values "
+                  "for AP comparable with other work", stacklevel=2)
+    return sigmas
 
 
 @dataclass(frozen=True)
@@ -141,9 +206,10 @@ class DatasetMeta:
     @classmethod
     def build(cls, name: str = "coco", keypoints: Sequence[str] | None = None,
               flip_index: Sequence[int] | None = None, sigmas: Sequence[float] | None = None,
-              skeleton: Sequence[Sequence[int]] | None = None) -> DatasetMeta:
+              skeleton: Sequence[Sequence[int]] | None = None, source: object = None) -> DatasetMeta:
         """Config entry point: a preset by name, or a custom set (``keypoints`` given; flips inferred from names,
-        sigmas default to 0.05 for every joint, skeleton 0-based)."""
+        sigmas from :func:`default_sigmas` with a warning when not given, skeleton 0-based). ``source`` (a file or
+        config key) is named in errors and warnings."""
         if keypoints is None:
             base = cls.preset(name)
             return cls(base.name, base.keypoints,
@@ -151,18 +217,36 @@ class DatasetMeta:
                        tuple(float(s) for s in sigmas) if sigmas is not None else base.sigmas,
                        tuple(tuple(p) for p in skeleton) if skeleton is not None else base.skeleton)
         names = tuple(str(n) for n in keypoints)
-        return cls(name, names,
-                   tuple(int(i) for i in flip_index) if flip_index is not None else tuple(infer_flip_index(names)),
-                   tuple(float(s) for s in sigmas) if sigmas is not None else (0.05,) * len(names),
-                   tuple((int(a), int(b)) for a, b in (skeleton or ())))
+        where_ = source or f"dataset '{name}'"
+        try:
+            return cls(name, names,
+                       tuple(int(i) for i in flip_index) if flip_index is not None
+                       else tuple(infer_flip_index(names, where_)),
+                       tuple(float(s) for s in sigmas) if sigmas is not None else default_sigmas(names, where_),
+                       tuple((int(a), int(b)) for a, b in (skeleton or ())))
+        except DataError as e:
+            if source is None:
+                raise
+            raise DataError(f"{source}: {e}") from None
 
     @classmethod
     def from_coco_category(cls, category: Mapping, name: str | None = None,
-                           sigmas: Sequence[float] | None = None) -> DatasetMeta:
-        """From a COCO json ``categories`` entry (``keypoints`` names, 1-based ``skeleton``)."""
-        if "keypoints" not in category:
-            raise DataError("category has no field 'keypoints'; expected a COCO keypoint category")
-        names = tuple(category["keypoints"])
+                           sigmas: Sequence[float] | None = None, file: object = None,
+                           keypoints_field: str = "keypoints") -> DatasetMeta:
+        """From a COCO json ``categories`` entry (``keypoints`` names, 1-based ``skeleton``).
+
+        ``keypoints_field``: the annotation field the joints are read from; its names are the category's field of
+        the same name when it has one (``keypoints_21``), else the category's ``keypoints``. ``file`` is named in
+        errors and warnings.
+        """
+        src = f"file '{file}'" if file is not None else f"category '{category.get('name', '?')}'"
+        names = category.get(keypoints_field) if keypoints_field != "keypoints" else None
+        if not isinstance(names, (list, tuple)):
+            names = category.get("keypoints")
+        if not isinstance(names, (list, tuple)) or not names:
+            raise DataError(f"{src}, field 'categories[].keypoints': missing or empty in category "
+                            f"'{category.get('name')}'; expected the list of joint names")
+        names = tuple(str(n) for n in names)
         for preset in (cls.coco(), cls.crowdpose()):
             if preset.keypoints == names:
                 # known joint set: trust the preset (CrowdPose's json ships COCO's 17-joint skeleton, for one)
@@ -170,10 +254,57 @@ class DatasetMeta:
         k = len(names)
         skeleton = []
         for pair in category.get("skeleton", []) or []:
-            a, b = int(pair[0]) - 1, int(pair[1]) - 1
+            try:
+                a, b = int(pair[0]) - 1, int(pair[1]) - 1
+            except (TypeError, ValueError, IndexError):
+                a, b = -1, -1
             if 0 <= a < k and 0 <= b < k:
                 skeleton.append((a, b))
             else:
-                warnings.warn(f"category '{category.get('name')}': skeleton pair {list(pair)} is out of range "
+                warnings.warn(f"{src}: category '{category.get('name')}': skeleton pair {pair!r} is out of range "
                               f"1..{k}; dropped (it is only used for drawing)", stacklevel=2)
-        return cls.build(name or str(category.get("name", "custom")), names, sigmas=sigmas, skeleton=skeleton)
+        return cls.build(name or str(category.get("name", "custom")), names, sigmas=sigmas, skeleton=skeleton,
+                         source=src)
+
+    def describe(self, names: int = 6) -> str:
+        """``'coco' (17 joints: nose, left_eye, ...)``: how messages name a joint set."""
+        shown = ", ".join(self.keypoints[:names]) + (", ..." if self.num_keypoints > names else "")
+        return f"'{self.name}' ({self.num_keypoints} joints: {shown})"
+
+    def spec(self) -> dict:
+        """Plain ``DatasetMeta.build`` kwargs (lists, str, float): what a checkpoint stores."""
+        return {"name": self.name, "keypoints": list(self.keypoints), "flip_index": list(self.flip_index),
+                "sigmas": list(self.sigmas), "skeleton": [list(p) for p in self.skeleton]}
+
+
+# ---------------------------------------------------------------------------------------------------- rule sets
+# The small-person rule of each dataset rule set (BAPoseCodec.min_center_area, input pixels): COCO's 32^2, as
+# DEKR's COCOKeypoints.get_joints; none for CrowdPose-format data, as DEKR's CrowdPoseKeypoints.get_joints.
+MIN_CENTER_AREA = {"coco": 32.0**2, "crowdpose": 0.0}
+
+
+def keypoint_categories(data: Mapping, file: object = None, keypoints_field: str = "keypoints") -> list[Mapping]:
+    """The categories of a COCO json that carry the joint set: the first keypoint category and every other one with
+    the same joint names (AP-10K-style files list one category per species, all with one joint set).
+    Raises DataError naming the file when no category has ``keypoints``."""
+    cats = [c for c in data.get("categories", []) or [] if isinstance(c, Mapping)
+            and isinstance(c.get("keypoints"), (list, tuple))]
+    if not cats:
+        raise DataError(f"file '{file}', field 'categories': no category has a 'keypoints' list; expected a COCO "
+                        "keypoint json")
+    first = cats[0]
+    names = lambda c: tuple(c.get(keypoints_field) or c["keypoints"])  # noqa: E731
+    return [c for c in cats if names(c) == names(first)]
+
+
+def rule_set(data: Mapping, meta_name: str | None = None) -> str:
+    """The scoring and small-person rules a COCO-format ground truth follows: ``"crowdpose"`` for CrowdPose-format
+    data (the CrowdPose joint set, images with ``crowdIndex``, or no annotation with ``area``), else ``"coco"``."""
+    if meta_name == "crowdpose":
+        return "crowdpose"
+    if any(isinstance(img, Mapping) and "crowdIndex" in img for img in data.get("images", []) or []):
+        return "crowdpose"
+    anns = [a for a in data.get("annotations", []) or [] if isinstance(a, Mapping)]
+    if anns and not any("area" in a for a in anns):
+        return "crowdpose"
+    return "coco"

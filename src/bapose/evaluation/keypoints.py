@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bapose.data.metadata import DatasetMeta
+from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.errors import DataError, where
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -58,17 +59,51 @@ def to_coco_results(image_ids: Sequence[int], poses: Sequence[Any], scores: Sequ
             raise DataError(f"to_coco_results: image {img}: poses {p.shape} and scores {s.shape}; expected (M, K, 3) "
                             "and (M,)")
         for person, sc in zip(p, s):
-            out.append({"image_id": int(img), "category_id": int(category_id),
+            out.append({"image_id": img if isinstance(img, str) else int(img), "category_id": int(category_id),
                         "keypoints": [round(float(v), 3) for v in person.reshape(-1)], "score": float(sc)})
     return out
 
 
-def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None, require_area: bool = False) -> None:
+_INT32_MAX = 2**31 - 1
+_LOGGED: set[tuple[str, str]] = set()  # (file, what): each "scored with internal ids" note is logged once
+log = logging.getLogger(__name__)
+
+
+def _plain_id(value: Any) -> Any:
+    """An image id as the json writes it: tensors and numpy integers become int, strings stay."""
+    if isinstance(value, torch.Tensor):
+        return int(value.item())
+    return value if isinstance(value, str) else int(value)
+
+
+def _log_once(file: str, what: str, message: str) -> None:
+    if (file, what) not in _LOGGED:
+        _LOGGED.add((file, what))
+        log.warning(message)
+
+
+def _id_ok(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (int, np.integer)) and not isinstance(value, bool))
+
+
+def _other_fields(ann: Mapping, size: int, field: str) -> list[str]:
+    """Annotation fields other than ``field`` holding ``size`` numbers (a hint for ``keypoints_field``)."""
+    return [key for key, v in ann.items() if key != field and key.startswith("keypoints")
+            and isinstance(v, (list, tuple)) and len(v) == size]
+
+
+def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None, require_area: bool = False,
+                            keypoints_field: str = "keypoints", require_bbox: bool = False) -> list[Mapping]:
     """Check a COCO-format keypoint ground truth; raise :class:`DataError` naming file, annotation id and field.
 
-    Checks: ``images`` / ``annotations`` lists, unique image ids, every annotation's ``image_id`` known,
-    ``keypoints`` a list of 3K finite numbers, ``bbox`` 4 finite numbers with non-negative width and height, ``area``
-    finite and >= 0 (present when ``require_area``), keypoint category names of length K.
+    Checks: ``images`` / ``annotations`` lists, unique integer (or string) image ids, every annotation's
+    ``image_id`` known, unique annotation ids, ``keypoints`` (or ``keypoints_field``) a list of 3K finite numbers,
+    ``bbox`` 4 finite numbers with non-negative width and height (present when ``require_bbox``), ``area`` finite and
+    >= 0 (present when ``require_area``), keypoint category names of length K.
+
+    Returns:
+        the annotations of the joint set: those of the keypoint categories with the meta's joint names (all of them
+        when the file has no keypoint category, or the annotations carry no ``category_id``).
     """
     k = meta.num_keypoints
     for key in ("images", "annotations"):
@@ -78,53 +113,85 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
     for i, img in enumerate(gt["images"]):
         if not isinstance(img, Mapping) or "id" not in img:
             raise DataError(f"{where(file, f'images[{i}].id')}: missing; expected an image id")
+        if not _id_ok(img["id"]):
+            raise DataError(f"{where(file, f'images[{i}].id')}: {img['id']!r}; expected an integer id")
         if img["id"] in image_ids:
             raise DataError(f"{where(file, 'images.id')}: image id {img['id']} appears twice; expected unique ids")
         image_ids.add(img["id"])
-    for cat in gt.get("categories", []) or []:
-        names = cat.get("keypoints") if isinstance(cat, Mapping) else None
-        if names is not None and len(names) != k:
-            raise DataError(f"{where(file, 'categories.keypoints')}: category '{cat.get('name')}' has {len(names)} "
-                            f"keypoints; expected {k} ({meta.name})")
+    cat_ids = None
+    cats = [c for c in gt.get("categories", []) or [] if isinstance(c, Mapping) and "keypoints" in c]
+    if cats:
+        chosen = keypoint_categories(gt, file, keypoints_field)
+        names = chosen[0].get(keypoints_field) or chosen[0]["keypoints"]
+        if len(names) != k:
+            raise DataError(f"{where(file, 'categories.keypoints')}: category '{chosen[0].get('name')}' has "
+                            f"{len(names)} keypoints; expected {k} ({meta.name})")
+        cat_ids = {c.get("id") for c in chosen}
+    anns, seen_ids, repeated = [], set(), []
     for i, ann in enumerate(gt["annotations"]):
         aid = ann.get("id", f"#{i}") if isinstance(ann, Mapping) else f"#{i}"
         if not isinstance(ann, Mapping):
             raise DataError(f"{where(file, ann_id=aid)}: not an object; expected a COCO annotation")
+        if cat_ids is not None and "category_id" in ann and ann["category_id"] not in cat_ids:
+            continue  # another category (a detection-only class of a mixed file): not this joint set
+        if "id" in ann:
+            if not _id_ok(ann["id"]):
+                raise DataError(f"{where(file, 'id', aid)}: {ann['id']!r}; expected an integer annotation id")
+            if ann["id"] in seen_ids:
+                repeated.append(ann["id"])
+            seen_ids.add(ann["id"])
+        anns.append(ann)
         if ann.get("image_id") not in image_ids:
             raise DataError(f"{where(file, 'image_id', aid)}: image id {ann.get('image_id')!r} is not in 'images'")
-        kp = ann.get("keypoints")
+        kp = ann.get(keypoints_field)
         if not isinstance(kp, (list, tuple)) or len(kp) != 3 * k:
             got = len(kp) if isinstance(kp, (list, tuple)) else type(kp).__name__
-            raise DataError(f"{where(file, 'keypoints', aid)}: {got} values; expected {3 * k} (x, y, v for {k} "
-                            f"{meta.name} joints)")
+            others = _other_fields(ann, 3 * k, keypoints_field)
+            hint = (f"; the annotations also carry {others} with {3 * k} values: choose one with "
+                    f"data.meta.keypoints_field={others[0]} (bapose-score --keypoints-field {others[0]})"
+                    if others else "")
+            raise DataError(f"{where(file, keypoints_field, aid)}: {got} values; expected {3 * k} (x, y, v for {k} "
+                            f"{meta.name} joints){hint}")
         try:
             arr = np.asarray(kp, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise DataError(f"{where(file, 'keypoints', aid)}: non-numeric values ({e}); expected numbers") from None
+            raise DataError(f"{where(file, keypoints_field, aid)}: non-numeric values ({e}); expected numbers") \
+                from None
         if not np.isfinite(arr).all():
-            raise DataError(f"{where(file, 'keypoints', aid)}: NaN or infinite coordinate at joint(s) "
+            raise DataError(f"{where(file, keypoints_field, aid)}: NaN or infinite coordinate at joint(s) "
                             f"{sorted(set((np.nonzero(~np.isfinite(arr))[0] // 3).tolist()))}; expected finite numbers")
         box = ann.get("bbox")
         if box is not None:
-            b = np.asarray(box, dtype=np.float64) if isinstance(box, (list, tuple)) else np.zeros(0)
+            try:
+                b = np.asarray(box, dtype=np.float64) if isinstance(box, (list, tuple)) else np.zeros(0)
+            except (TypeError, ValueError):
+                b = np.zeros(0)
             if b.shape != (4,) or not np.isfinite(b).all():
                 raise DataError(f"{where(file, 'bbox', aid)}: {box!r}; expected 4 finite numbers [x, y, w, h]")
             if b[2] < 0 or b[3] < 0:
                 raise DataError(f"{where(file, 'bbox', aid)}: negative width/height {box!r}; expected w, h >= 0")
-        elif require_area:
-            raise DataError(f"{where(file, 'bbox', aid)}: missing; expected [x, y, w, h]")
+        elif require_bbox:
+            raise DataError(f"{where(file, 'bbox', aid)}: missing; expected [x, y, w, h] (the OKS scale of "
+                            "CrowdPose rules and of --area-from bbox is the box area)")
         if "area" in ann:
             a = ann["area"]
-            if not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
                 raise DataError(f"{where(file, 'area', aid)}: {a!r}; expected a finite number >= 0")
         elif require_area:
-            raise DataError(f"{where(file, 'area', aid)}: missing; COCO-mode OKS needs the segment area "
-                            "(use mode='crowdpose' for files without it)")
+            raise DataError(f"{where(file, 'area', aid)}: missing; COCO rules take the OKS scale from the segment "
+                            "area: score with CrowdPose rules (--dataset crowdpose, data.eval_mode=crowdpose) or "
+                            "take it from the box (--area-from bbox)")
+    if repeated:
+        shown = sorted(set(repeated), key=str)
+        raise DataError(f"{where(file, 'annotations.id')}: annotation id(s) {shown[:10]}"
+                        f"{f' and {len(shown) - 10} more' if len(shown) > 10 else ''} appear more than once; "
+                        "expected unique annotation ids")
+    return anns
 
 
-def _load_gt(gt: str | Path | Mapping) -> tuple[dict, str]:
+def _load_gt(gt: str | Path | Mapping, file: object = None) -> tuple[dict, str]:
     if isinstance(gt, Mapping):
-        return copy.deepcopy(dict(gt)), "<dict>"
+        return dict(gt), str(file) if file is not None else "<ground-truth dict>"
     path = Path(gt)
     try:
         with open(path) as f:
@@ -135,8 +202,23 @@ def _load_gt(gt: str | Path | Mapping) -> tuple[dict, str]:
         raise DataError(f"{where(path)}: not valid json ({e})") from None
 
 
+def _box_of(kp: np.ndarray) -> list[float]:
+    """Box of the labelled joints ``(K, 3)`` (pycocotools reads a ground truth's ``bbox`` even when unused)."""
+    xy = kp[kp[:, 2] > 0, :2]
+    if not len(xy):
+        return [0.0, 0.0, 0.0, 0.0]
+    lo, hi = xy.min(0), xy.max(0)
+    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+
+
 class KeypointEvaluator:
-    """COCO / CrowdPose keypoint AP over torch.distributed ranks.
+    """COCO / CrowdPose keypoint AP over torch.distributed ranks, right for any valid COCO-format keypoint file.
+
+    The scorers get a private copy of the ground truth with image and annotation ids renumbered 1..N: pycocotools and
+    faster-coco-eval treat annotation id 0 as "unmatched" and mishandle image id 0 and ids beyond 32 bits, so a file
+    with such ids would score below 1 against itself. Callers keep using the file's ids (``update``, results); a
+    note is logged once per file when its ids needed it. ``num_keypoints`` is recounted from the keypoints
+    (pycocotools ignores a person whose ``num_keypoints`` is 0, right or not). Repeated annotation ids raise.
 
     Args:
         gt: ground-truth json path or COCO dict.
@@ -147,34 +229,77 @@ class KeypointEvaluator:
             faster-coco-eval for CrowdPose. Both give the same numbers.
         only_seen_images: score only the images passed to :meth:`update` (useful with limited validation batches);
             by default every image of the ground truth counts, as in the official protocol.
-        category_id: category of the results.
+        category_id: category id written into results; None: the file's keypoint category (1 without one).
+        file: the file ``gt`` was read from when it is a dict (named in messages).
+        area_from: COCO rules' OKS scale: ``"area"`` (the json's segment area, required) or ``"bbox"`` (box w*h,
+            for COCO-format files without ``area``). CrowdPose rules always use box w*h*0.53.
+        keypoints_field: the annotation field holding the joints (``keypoints_21`` for files with several sets).
     """
 
     def __init__(self, gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco", backend: str | None = None,
-                 only_seen_images: bool = False, category_id: int = 1) -> None:
+                 only_seen_images: bool = False, category_id: int | None = None, file: object = None,
+                 area_from: str = "area", keypoints_field: str = "keypoints") -> None:
         if mode not in ("coco", "crowdpose"):
             raise DataError(f"KeypointEvaluator: mode '{mode}'; expected 'coco' or 'crowdpose'")
         backend = backend or ("pycocotools" if mode == "coco" else "faster")
         if backend not in ("pycocotools", "faster"):
             raise DataError(f"KeypointEvaluator: backend '{backend}'; expected 'pycocotools' or 'faster'")
+        if area_from not in ("area", "bbox"):
+            raise DataError(f"KeypointEvaluator: area_from '{area_from}'; expected 'area' or 'bbox'")
         self.meta, self.mode, self.backend = meta, mode, backend
-        self.only_seen_images, self.category_id = only_seen_images, category_id
-        self.gt, self.file = _load_gt(gt)
-        validate_coco_keypoints(self.gt, meta, self.file, require_area=(mode == "coco"))
-        for ann in self.gt["annotations"]:
-            # pycocotools reads these unconditionally; CrowdPose files lack some of them
-            ann.setdefault("iscrowd", 0)
-            ann.setdefault("category_id", category_id)
-            ann.setdefault("num_keypoints", int(np.count_nonzero(np.asarray(ann["keypoints"][2::3]) > 0)))
-            if mode == "crowdpose":
+        self.only_seen_images = only_seen_images
+        raw, self.file = _load_gt(gt, file)
+        anns = validate_coco_keypoints(raw, meta, self.file, require_area=(mode == "coco" and area_from == "area"),
+                                       keypoints_field=keypoints_field,
+                                       require_bbox=(mode == "crowdpose" or area_from == "bbox"))
+        cats = [c for c in raw.get("categories", []) or [] if isinstance(c, Mapping) and "keypoints" in c]
+        if category_id is None:
+            category_id = cats[0].get("id", 1) if cats else 1
+        self.category_id = category_id
+        self.gt, self._to_internal = self._internal_copy(raw, anns, keypoints_field, area_from)
+        self.image_ids = set(self._to_internal)
+        self.reset()
+
+    def _internal_copy(self, raw: Mapping, anns: list[Mapping], field: str,
+                       area_from: str) -> tuple[dict, dict[Any, int]]:
+        """The scorers' ground truth: ids 1..N, one category (1), recounted num_keypoints, the OKS scale in area."""
+        to_internal = {img["id"]: i for i, img in enumerate(raw["images"], start=1)}
+        images = []
+        for img in raw["images"]:
+            entry = {"id": to_internal[img["id"]]}
+            for key in ("width", "height", "crowdIndex", "file_name"):
+                if key in img:
+                    entry[key] = img[key]
+            images.append(entry)
+        out, recounted = [], 0
+        for j, ann in enumerate(anns, start=1):
+            kp = np.asarray(ann[field], dtype=np.float64).reshape(-1, 3)
+            visible = int(np.count_nonzero(kp[:, 2] > 0))
+            recounted += ann.get("num_keypoints") != visible
+            box = [float(v) for v in ann["bbox"]] if ann.get("bbox") is not None else _box_of(kp)
+            if self.mode == "crowdpose":
                 # crowdposetools' OKS scale. Writing it into `area` makes pycocotools compute crowdposetools' OKS;
                 # with only area range 'all' reported, `area` has no other effect.
-                x, y, w, h = ann.get("bbox", (0, 0, 0, 0))
-                ann["area"] = float(w) * float(h) * 0.53
-        self.gt.setdefault("categories", [{"id": category_id, "name": "person",
-                                           "keypoints": list(meta.keypoints)}])
-        self.image_ids = {img["id"] for img in self.gt["images"]}
-        self.reset()
+                area = box[2] * box[3] * 0.53
+            elif area_from == "bbox":
+                area = box[2] * box[3]
+            else:
+                area = float(ann["area"])
+            out.append({"id": j, "image_id": to_internal[ann["image_id"]], "category_id": 1,
+                        "keypoints": [float(v) for v in kp.reshape(-1)], "num_keypoints": visible,
+                        "iscrowd": int(bool(ann.get("iscrowd", 0))), "area": area, "bbox": box})
+        user_ids = [img["id"] for img in raw["images"]] + [a["id"] for a in anns if "id" in a]
+        odd = [i for i in user_ids if isinstance(i, str) or not 0 < int(i) <= _INT32_MAX]
+        if odd or len(user_ids) < len(raw["images"]) + len(anns):
+            _log_once(self.file, "ids", f"{self.file}: image/annotation ids such as {sorted(set(odd), key=str)[:5]} "
+                      "(0, negative, beyond 32 bits or missing) cannot be matched by pycocotools / faster-coco-eval; "
+                      "scored with internal ids 1..N, every output keeps the file's ids")
+        if recounted:
+            _log_once(self.file, "num_keypoints", f"{self.file}: 'num_keypoints' absent or not the count of labelled "
+                      f"joints in {recounted} of {len(anns)} annotations; recounted from '{field}'")
+        gt = {"images": images, "annotations": out,
+              "categories": [{"id": 1, "name": "person", "keypoints": list(self.meta.keypoints)}]}
+        return gt, to_internal
 
     # ------------------------------------------------------------------ accumulation
     def reset(self) -> None:
@@ -185,8 +310,8 @@ class KeypointEvaluator:
 
         A repeated image id keeps its first results (DistributedSampler pads the last batch with repeats).
         """
-        ids = [int(i.item()) if isinstance(i, torch.Tensor) else int(i) for i in image_ids]
-        unknown = sorted(set(ids) - self.image_ids)
+        ids = [_plain_id(i) for i in image_ids]
+        unknown = sorted(set(ids) - self.image_ids, key=str)
         if unknown:
             raise DataError(f"{where(self.file, 'image_id')}: results for image ids {unknown[:20]} "
                             f"{'(and more) ' if len(unknown) > 20 else ''}that are not in the ground truth")
@@ -209,7 +334,7 @@ class KeypointEvaluator:
         k = self.meta.num_keypoints
         for i, r in enumerate(results):
             try:
-                img, kp, sc = int(r["image_id"]), np.asarray(r["keypoints"], np.float64), float(r["score"])
+                img, kp, sc = _plain_id(r["image_id"]), np.asarray(r["keypoints"], np.float64), float(r["score"])
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(f"results entry {i}: {e!r}; expected image_id, keypoints and score") from None
             if kp.size != 3 * k:
@@ -250,8 +375,10 @@ class KeypointEvaluator:
 
     def score(self, per_image: Mapping[int, list[dict]]) -> dict[str, float]:
         """Score results grouped by image id (no gathering)."""
-        results = [r for res in per_image.values() for r in res]
-        img_ids = sorted(per_image) if self.only_seen_images else sorted(self.image_ids)
+        # the scorers see internal ids 1..N (see the class docstring) and the one internal category
+        inner = self._to_internal
+        results = [{**r, "image_id": inner[r["image_id"]], "category_id": 1} for res in per_image.values() for r in res]
+        img_ids = sorted(inner[i] for i in (per_image if self.only_seen_images else self.image_ids))
         keys = COCO_KEYS if self.mode == "coco" else CROWDPOSE_KEYS
         if not results:
             warnings.warn(f"KeypointEvaluator ({self.file}): no predictions to score; every AP/AR is 0",

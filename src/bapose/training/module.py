@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import bapose
+from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.evaluation import to_coco_results
 from bapose.inference import predict, to_original
@@ -283,7 +284,7 @@ class BAPoseModule(L.LightningModule):
         scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
         self.evaluator.update(ids, poses, scores)
         if self.collect_results:
-            self._collected.extend(to_coco_results(ids, poses, scores))
+            self._collected.extend(to_coco_results(ids, poses, scores, self.evaluator.category_id))
 
     def _gather_results(self) -> list[dict[str, Any]]:
         """Every rank's collected results; one copy per image id (DistributedSampler pads with repeated images)."""
@@ -343,6 +344,8 @@ class BAPoseModule(L.LightningModule):
             "codec": _codec_spec(self.codec),
             "input_size": getattr(self.codec, "input_size", None),
             "ema": self.ema is not None,
+            # the dataset (joint set, rule set, files): bapose-eval scores on it when no data= is given
+            "data": datamodule_spec(self._trainer),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
