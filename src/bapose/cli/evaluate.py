@@ -56,6 +56,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.warning("checkpoint '%s' was trained at input size %s; evaluating at data.input_size=%s", path,
                     stored["input_size"], datamodule.input_size)
 
+    if getattr(datamodule, "eval_resize", "pad") is None and stored.get("eval_resize"):
+        # data.eval_resize=null: resize as the checkpoint was evaluated (a converted DEKR checkpoint: DEKR's warp)
+        datamodule.eval_resize = stored["eval_resize"]
+        log.info("resizing %s images as checkpoint '%s' says: eval_resize=%s", split, path, stored["eval_resize"])
     flip, scales = bool(cfg.test.flip), [float(s) for s in cfg.test.scales]
     codec = datamodule.codec.with_checkpoint_defaults(stored.get("codec"))
     module = BAPoseModule(net, codec=codec, val_flip=flip, val_scales=scales, test_flip=flip,

@@ -121,7 +121,8 @@ def predict_batch(model: LoadedModel, images: Sequence[np.ndarray], flip: bool =
     Each image is resized like evaluation (short side ``input_size``, padded to multiples of 32); the batch is padded
     to its largest image (as the eval collate does), run with flip / scales and decoded by the codec.
     """
-    transform = EvalTransform(model.input_size, getattr(model.net, "size_divisor", 32))
+    # resized as the checkpoint's evaluation resizes (DEKR's centred warp for a converted DEKR checkpoint)
+    transform = EvalTransform(model.input_size, getattr(model.net, "size_divisor", 32), model.info.get("eval_resize"))
     items = [transform(im) for im in images]
     hp = max(it["image"].shape[0] for it in items)
     wp = max(it["image"].shape[1] for it in items)

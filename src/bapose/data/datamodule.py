@@ -25,7 +25,7 @@ from bapose.data.dataset import (
     load_coco_keypoint_json,
 )
 from bapose.data.metadata import DatasetMeta
-from bapose.data.transforms import EvalTransform, TrainTransform
+from bapose.data.transforms import EVAL_RESIZES, EvalTransform, TrainTransform
 from bapose.errors import ConfigError
 
 __all__ = ["BAPoseDataModule", "collate_eval", "collate_train"]
@@ -109,6 +109,9 @@ class BAPoseDataModule(L.LightningDataModule):
         root: dataset root folder that relative ``ann_file``/``image_dir`` paths start from.
         size_divisor: eval images are padded to multiples of it.
         eval_mode: "coco" or "crowdpose" scoring for the module's evaluator; None lets it follow the meta name.
+        eval_resize: how val/test images are resized: ``"pad"`` (short side = ``input_size``, padded right/bottom)
+            or ``"dekr"`` (DEKR's centred warp, for checkpoints converted from DEKR); None: ``"pad"``, except in
+            ``bapose-eval``, which takes the rule a checkpoint stores (``bapose.eval_resize``).
     """
 
     def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int = 17,
@@ -117,7 +120,7 @@ class BAPoseDataModule(L.LightningDataModule):
                  num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
                  augmentation: Mapping | None = None, on_bad_sample: str = "raise",
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
-                 size_divisor: int = 32, eval_mode: str | None = None) -> None:
+                 size_divisor: int = 32, eval_mode: str | None = None, eval_resize: str | None = None) -> None:
         super().__init__()
         if size_divisor <= 0 or size_divisor % 32:
             raise ConfigError(f"data field 'size_divisor' is {size_divisor}; expected a positive multiple of 32 "
@@ -150,6 +153,10 @@ class BAPoseDataModule(L.LightningDataModule):
         if eval_mode not in (None, "coco", "crowdpose"):
             raise ConfigError(f"data field 'eval_mode' is '{eval_mode}'; expected 'coco', 'crowdpose' or null")
         self.eval_mode = eval_mode
+        if eval_resize not in (None, *EVAL_RESIZES):
+            raise ConfigError(f"data field 'eval_resize' is {eval_resize!r}; expected one of {list(EVAL_RESIZES)} "
+                              "or null")
+        self.eval_resize = eval_resize
         self._meta_cfg = meta if isinstance(meta, DatasetMeta) else (_plain(meta) if meta is not None else None)
         self._meta: DatasetMeta | None = None
         self._codec_cfg = codec
@@ -268,7 +275,7 @@ class BAPoseDataModule(L.LightningDataModule):
         ann, images = self._split_paths(split)
         if ann is None:
             return None
-        transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor)
+        transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor, self.eval_resize)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
                                    transform=transform, train=train, on_bad_sample=self.on_bad_sample)
 

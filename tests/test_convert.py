@@ -1,0 +1,186 @@
+"""``bapose-convert dekr``: DEKR's released checkpoints as bapose checkpoints, checked against DEKR's own outputs.
+
+The oracle is ``../shared/data/dekr_reference``: DEKR's key names/shapes, a rule filling them with values, and the
+heatmaps/offsets DEKR's model code (HRNet/DEKR 7a30313) computed from those values on an image. Its regular_matrix
+buffers are random too, so the per-joint tap basis of the adaptive blocks is exercised, not only the regular grid.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bapose
+from _dekr import (layout_for_k, official_layouts, outputs_of, reference_cases, reference_dir, write_state_dict,
+                   zeros_state_dict)
+from bapose.cli.convert import main as convert_main
+from bapose.convert import convert_dekr, dekr_layout, dekr_to_bapose
+from bapose.errors import CheckpointError, ConfigError
+from bapose.models import AdaptiveBlock, BAPoseNet
+from bapose.utils.checkpoint import check_state_dict_compatible
+
+CASES = reference_cases()
+
+
+def _case_id(path):
+    return path.name.removesuffix(".keys.json")
+
+
+# W48 cases move ~1 GB of weights through rule, conversion and loading: a few seconds quiet, marked slow
+PARAMS = [pytest.param(p, id=_case_id(p), marks=[pytest.mark.slow] if "_w48_" in p.name else []) for p in CASES]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Every reference case written as a DEKR .pth and converted through the CLI (cached per case)."""
+    root = tmp_path_factory.mktemp("dekr")
+    done = {}
+
+    def get(keys_json):
+        if keys_json not in done:
+            src = write_state_dict(keys_json, root / f"{_case_id(keys_json)}.pth")
+            dst = root / f"{_case_id(keys_json)}.ckpt"
+            assert convert_main(["dekr", str(src), str(dst)]) == 0
+            done[keys_json] = (src, dst)
+        return done[keys_json]
+
+    return get
+
+
+@pytest.mark.parametrize("keys_json", PARAMS)
+def test_converted_checkpoint_reproduces_dekr_outputs(keys_json, converted):
+    torch.set_num_threads(2)
+    src, dst = converted(keys_json)
+    spec = json.loads(keys_json.read_text())
+    ref = outputs_of(keys_json)
+    model = bapose.load_model(dst)
+    assert model.meta.num_keypoints == spec["num_joints"]
+    assert model.meta.name == {17: "coco", 14: "crowdpose"}[spec["num_joints"]]
+    assert model.net.backbone.name == f"hrnet_{spec['width']}" and model.net.decoder is None
+    with torch.no_grad():
+        heatmaps, offsets = model.net(ref["image01"])
+    assert heatmaps.shape == ref["heatmaps"].shape and offsets.shape == ref["offsets"].shape
+    assert (heatmaps - ref["heatmaps"]).abs().max() < 1e-4
+    # DEKR decodes p - offset, bapose p + offset: the converted net returns DEKR's offsets negated
+    assert (offsets + ref["offsets"]).abs().max() < 1e-4
+    if keys_json == CASES[0]:  # both deformable-conv kernels agree with DEKR (torchvision's is what DEKR runs)
+        model.net.set_adaptive_impl("torchvision")
+        with torch.no_grad():
+            _, offsets_tv = model.net(ref["image01"])
+        assert (offsets_tv + ref["offsets"]).abs().max() < 1e-4
+    # the checkpoint says how to decode: DEKR's grid convention, pose NMS, eval resize, no heatmap refinement
+    info = model.info
+    assert info["codec"]["grid_align"] == "dekr" and info["codec"]["pose_nms"] == "dekr"
+    assert info["eval_resize"] == "dekr" and model.codec.align == "dekr" and model.codec.refine_radius == 0
+    assert info["converted_from"]["tensors"] == len(spec["keys"])
+
+
+def test_wrapped_files_convert_to_the_same_weights(tmp_path, converted):
+    keys_json = next(p for p in CASES if "w18" in p.name)
+    _, plain = converted(keys_json)
+    ref = torch.load(plain, weights_only=True)["state_dict"]
+    for wrap in ("state_dict", "module"):
+        src = write_state_dict(keys_json, tmp_path / f"{wrap}.pth", wrap=wrap)
+        convert_dekr(src, tmp_path / f"{wrap}.ckpt")
+        got = torch.load(tmp_path / f"{wrap}.ckpt", weights_only=True)["state_dict"]
+        assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("width,k", [(32, 17), (32, 14), (48, 17), (48, 14)])
+def test_official_layouts_map_every_key_with_nothing_left_over(width, k):
+    spec = official_layouts()[(width, k)]
+    state = zeros_state_dict(spec)
+    layout = dekr_layout(state)
+    assert layout == {"width": width, "num_keypoints": k, "heatmap_channels": 32 if width == 32 else 48,
+                      "heatmap_blocks": 1, "offset_channels_per_joint": 15, "offset_blocks": 2}
+    ours, stored_basis = dekr_to_bapose(state, layout)  # raises on any DEKR tensor without a place
+    assert not stored_basis  # released files hold the regular grid: the plain model, no extra buffers
+    with torch.device("meta"):
+        net = BAPoseNet(f"hrnet_w{width}", num_keypoints=k, decoder=None, heatmap_channels=layout["heatmap_channels"])
+    check_state_dict_compatible(net.state_dict(), ours)  # every bapose tensor filled, every shape right
+    # every DEKR value lands somewhere: the element counts agree (the 2x9 regular matrices become the fixed grid,
+    # the per-joint BN step counters one counter per grouped BN)
+    def count(tensors):
+        return sum(v.numel() for n, v in tensors.items() if not n.endswith(("regular_matrix", "num_batches_tracked")))
+
+    assert count(ours) == count(state)
+
+
+def test_generalised_layout_equals_the_given_file():
+    # the W32/K=14 file exists: generalising the W32/K=17 file to K=14 must give exactly it (names, shapes, order)
+    given = {(s["width"], s["num_joints"]): s for s in (json.loads(p.read_text())
+                                                         for p in reference_dir().glob("*.keys.json"))}
+    assert layout_for_k(given[("w32", 17)], 14)["keys"] == given[("w32", 14)]["keys"]
+
+
+def test_regular_basis_and_stored_regular_basis_agree():
+    torch.manual_seed(0)
+    regular = AdaptiveBlock(15, groups=3)
+    stored = AdaptiveBlock(15, groups=3, basis="stored")
+    with torch.no_grad():
+        regular.transform.weight.normal_(0, 0.05)
+        regular.transform.bias.normal_(0, 0.5)
+    missing, unexpected = stored.load_state_dict(regular.state_dict(), strict=False)
+    assert missing == ["basis"] and not unexpected
+    x = torch.randn(1, 45, 9, 11)
+    regular.eval(), stored.eval()
+    assert torch.allclose(regular(x), stored(x), atol=1e-6)
+    with torch.no_grad():
+        stored.basis[1] *= 2.0  # another basis for joint 1 only moves joint 1's taps
+    y = stored(x)
+    assert torch.allclose(y[:, :15], regular(x)[:, :15], atol=1e-6) and not torch.allclose(y[:, 15:30],
+                                                                                      regular(x)[:, 15:30])
+
+
+def test_not_a_dekr_file_gets_one_line_naming_file_and_missing(tmp_path, capsys):
+    bad = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, bad)
+    with pytest.raises(CheckpointError) as err:
+        convert_dekr(bad, tmp_path / "x.ckpt")
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and "is not a DEKR state_dict" in msg
+    missing = msg.split("missing ")[1].split(" (")[0].split(", ")
+    assert "transition_heatmap.0.weight" in missing and "offset_final_layer.0.weight" in missing
+    assert "conv1.weight" not in missing  # what the file has is not reported missing
+    # the console script ends with that one line, not a traceback
+    import os
+
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            convert_main(["dekr", str(bad), str(tmp_path / "x.ckpt")])
+    finally:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    assert str(ended.value).startswith(f"bapose-convert: file '{bad}' is not a DEKR state_dict: missing")
+    for content, expect in ((b"not a zip", "not a readable torch weights file"), (None, "does not exist")):
+        path = tmp_path / "other.pth"
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=expect):
+            convert_dekr(path if content is not None else tmp_path / "missing.pth", tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_joint_set_from_k_or_given(tmp_path):
+    keys_json = next(p for p in CASES if "w18" in p.name)
+    spec = json.loads(keys_json.read_text())
+    src = write_state_dict(keys_json, tmp_path / "k17.pth")
+    with pytest.raises(ConfigError, match="K=17 joints but --meta crowdpose has 14"):
+        convert_dekr(src, tmp_path / "x.ckpt", meta="crowdpose")
+    # a custom K (5 joints): no preset fits, so the joint set must be given
+    custom = layout_for_k(spec, 5)
+    custom_json = tmp_path / "k5.keys.json"
+    custom_json.write_text(json.dumps(custom))
+    src5 = write_state_dict(custom_json, tmp_path / "k5.pth")
+    with pytest.raises(ConfigError, match="K=5 joints.*--meta coco\\|crowdpose or --ann-file"):
+        convert_dekr(src5, tmp_path / "x.ckpt")
+    ann = tmp_path / "five.json"
+    names = ["head", "left_hand", "right_hand", "left_foot", "right_foot"]
+    ann.write_text(json.dumps({"categories": [{"id": 1, "name": "person", "keypoints": names, "skeleton": [[1, 2]]}]}))
+    summary = convert_dekr(src5, tmp_path / "k5.ckpt", ann_file=ann, input_size=256)
+    assert summary["num_keypoints"] == 5 and summary["input_size"] == 256
+    model = bapose.load_model(tmp_path / "k5.ckpt")
+    assert model.meta.keypoints == tuple(names) and model.meta.flip_index == (0, 2, 1, 4, 3)
+    assert model.input_size == 256
