@@ -107,3 +107,36 @@ def zeros_state_dict(spec: dict[str, Any]) -> dict[str, torch.Tensor]:
         else:
             out[name] = torch.zeros(shape, dtype=torch.long if dtype == "int64" else torch.float32)
     return out
+
+
+def bapose_to_dekr(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A ``decoder=None`` BAPoseNet written in DEKR's layout (the inverse of ``bapose-convert dekr``), e.g. a tiny
+    DEKR-format file on HRNet-W18-small for fast tests; a stored tap basis becomes DEKR's ``regular_matrix``."""
+    state = net.state_dict()
+    k = net.num_keypoints
+    out = {key[len("backbone.body."):]: v.clone() for key, v in state.items() if key.startswith("backbone.body.")}
+    for ours, theirs in (("heatmap_head.transition.", "transition_heatmap."),
+                         ("offset_head.transition.", "transition_offset."), ("heatmap_head.blocks.", "head_heatmap.0."),
+                         ("heatmap_head.final.", "head_heatmap.1.")):
+        out.update({theirs + key[len(ours):]: v.clone() for key, v in state.items() if key.startswith(ours)})
+    c = net.offset_head.blocks[0].channels
+    grid = torch.tensor([[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]])
+    eye = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    for b, block in enumerate(net.offset_head.blocks):
+        pre = f"offset_head.blocks.{b}."
+        for j in range(k):
+            d = f"offset_feature_layers.{j}.{b}."
+            tw, tb = state[pre + "transform.weight"][6 * j: 6 * j + 6], state[pre + "transform.bias"][6 * j: 6 * j + 6]
+            out[d + "regular_matrix"] = state[pre + "basis"][j].clone() if block.basis_kind == "stored" else grid
+            out[d + "transform_matrix_conv.weight"] = tw[:4].clone()
+            out[d + "transform_matrix_conv.bias"] = tb[:4] + eye
+            out[d + "translation_conv.weight"] = tw[4:].clone()
+            out[d + "translation_conv.bias"] = tb[4:].clone()
+            out[d + "adapt_conv.weight"] = state[pre + "weight"][c * j: c * (j + 1)].clone()
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                out[d + "bn." + name] = state[pre + "bn." + name][c * j: c * (j + 1)].clone()
+            out[d + "bn.num_batches_tracked"] = state[pre + "bn.num_batches_tracked"].clone()
+    for j in range(k):
+        out[f"offset_final_layer.{j}.weight"] = -state["offset_head.final.weight"][2 * j: 2 * j + 2]
+        out[f"offset_final_layer.{j}.bias"] = -state["offset_head.final.bias"][2 * j: 2 * j + 2]
+    return out

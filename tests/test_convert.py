@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import bapose
-from _dekr import (layout_for_k, official_layouts, outputs_of, reference_cases, reference_dir, write_state_dict,
-                   zeros_state_dict)
+from _dekr import (bapose_to_dekr, layout_for_k, official_layouts, outputs_of, reference_cases, reference_dir,
+                   write_state_dict, zeros_state_dict)
 from bapose.cli.convert import main as convert_main
 from bapose.convert import convert_dekr, dekr_layout, dekr_to_bapose
 from bapose.errors import CheckpointError, ConfigError
@@ -47,6 +47,49 @@ def converted(tmp_path_factory):
         return done[keys_json]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny_dekr(tmp_path_factory):
+    """A DEKR-format file of a small net (DEKR's heads on HRNet-W18-small, random per-joint tap bases, O(1) outputs)
+    and its conversion: the fast stand-in for eval / predict / export, whose full-size runs would take minutes."""
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    net = BAPoseNet("hrnet_w18_small", num_keypoints=17, decoder=None, adaptive_basis="stored").eval()
+    with torch.no_grad():
+        for block in net.offset_head.blocks:
+            block.transform.weight.normal_(0, 0.02)
+            block.transform.bias.normal_(0, 0.3)
+            block.basis.add_(0.1 * torch.randn_like(block.basis))
+        for final in (net.heatmap_head.final, net.offset_head.final):
+            final.weight.normal_(0, 0.002)
+            final.bias.normal_(0, 0.3)
+    src = root / "pose_dekr_tiny.pth"
+    torch.save(bapose_to_dekr(net), src)
+    dst = root / "dekr_tiny.ckpt"
+    assert convert_main(["dekr", str(src), str(dst), "--input-size", "128"]) == 0
+    return net, src, dst
+
+
+def test_any_timm_hrnet_layout_converts_and_round_trips(tiny_dekr):
+    net, src, dst = tiny_dekr
+    model = bapose.load_model(dst)
+    # the stage layout picked the timm model (its branches are 16 wide: no width-named candidate exists)
+    assert model.info["model"]["backbone"] == "hrnet_w18_small" and model.info["converted_from"]["width"] == 16
+    assert model.net.backbone.name == "hrnet_w18_small" and model.input_size == 128
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = net(x), model.net(x)
+    assert want[0].abs().max() > 0.3 and want[1].abs().max() > 0.3  # outputs of a realistic size
+    assert torch.equal(want[0], got[0])  # offsets: A -> M = A + I -> A rounds in the last bit
+    assert torch.allclose(want[1], got[1], atol=1e-5)
+    # a layout no timm HRNet has is named, with the closest candidate
+    state = torch.load(src, weights_only=True)
+    state["stage4.0.branches.0.9.conv1.weight"] = torch.zeros(16, 16, 3, 3)  # one more block than timm's
+    torch.save(state, src.with_name("odd.pth"))
+    with pytest.raises(CheckpointError, match="layout matches no timm HRNet; the closest, hrnet_w18_small, differs in "
+                                              "1 tensors \\(stage4.0.branches.0.9.conv1.weight\\)"):
+        convert_dekr(src.with_name("odd.pth"), src.with_name("odd.ckpt"))
 
 
 @pytest.mark.parametrize("keys_json", PARAMS)
@@ -184,3 +227,66 @@ def test_joint_set_from_k_or_given(tmp_path):
     model = bapose.load_model(tmp_path / "k5.ckpt")
     assert model.meta.keypoints == tuple(names) and model.meta.flip_index == (0, 2, 1, 4, 3)
     assert model.input_size == 256
+
+
+def test_converted_checkpoint_in_eval_predict_and_export(tmp_path, tiny_dekr, coco_sample, caplog):
+    """bapose-eval, bapose-predict and bapose-export take a converted checkpoint as they take our own, and resize,
+    flip and decode it as DEKR does (its stored rules), the same way in eval and predict."""
+    import logging
+
+    import numpy as np
+
+    from bapose.cli.evaluate import evaluate
+    from bapose.cli.export import export
+    from bapose.cli.predict import predict
+    from bapose.cli.predict import read_image
+    from bapose.cli.train import compose_config
+    from bapose.data.transforms import EvalTransform
+    from bapose.inference import predict as run_inference
+    from bapose.inference import to_original
+
+    torch.set_num_threads(2)
+    _, _, ckpt = tiny_dekr
+    data = ["data=coco", f"data.root={coco_sample}", "data.val.ann_file=test_coco.json", "data.val.image_dir=.",
+            "data.input_size=128", "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false"]
+    with caplog.at_level(logging.INFO, logger="bapose"):
+        metrics = evaluate(compose_config([f"ckpt_path={ckpt}", *data, "test.flip=true"], config_name="eval",
+                                          output_dir=tmp_path / "eval"))
+    assert 0.0 <= metrics["val/AP"] <= 1.0 and metrics["flip"] is True
+    assert any("eval_resize=dekr" in r.getMessage() for r in caplog.records)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results and all(len(r["keypoints"]) == 17 * 3 for r in results)
+
+    # the same people as the DEKR pipeline written out: DEKR's warp, flip with the 3-px shift, grid x = 4 g, back
+    gt = json.loads((coco_sample / "test_coco.json").read_text())
+    image_info = gt["images"][0]
+    model = bapose.load_model(ckpt, input_size=128)
+    sample = EvalTransform(128, resize="dekr")(read_image(coco_sample / image_info["file_name"]))
+    x = torch.from_numpy(sample["image"]).permute(2, 0, 1)[None].float() / 255
+    people = run_inference(model.net, x, model.codec, meta=model.meta, flip=True)[0]
+    want = to_original(people.poses.numpy(), sample["input_to_orig"])
+    got = np.asarray([r["keypoints"] for r in results if r["image_id"] == image_info["id"]]).reshape(-1, 17, 3)
+    assert len(got) == len(want) > 0
+    order = lambda p: p[np.lexsort(p[:, :, :2].reshape(len(p), -1).T)]  # noqa: E731
+    assert np.abs(order(got) - order(want)).max() < 1e-3
+
+    # bapose-predict: the same resize and decoding from the checkpoint alone
+    out = tmp_path / "predict"
+    predict(compose_config([f"ckpt_path={ckpt}", f"input={coco_sample / image_info['file_name']}", "flip=true",
+                            "num_threads=2", "progress=false", "draw=false", "input_size=128"],
+                           config_name="predict", output_dir=out))
+    predicted = json.loads((out / "results.json").read_text())
+    pred = np.asarray([r["keypoints"] for r in predicted]).reshape(-1, 17, 3)
+    assert len(pred) == len(want) and np.abs(order(pred) - order(want)).max() < 1e-2  # results.json: 6 digits
+
+    # bapose-export: ONNX parity with the per-joint tap bases in the graph; the decode rules in the metadata
+    report = export(compose_config([f"ckpt_path={ckpt}", f"output={tmp_path / 'dekr.onnx'}", "num_threads=2",
+                                    f"image={coco_sample / image_info['file_name']}", "input_size=128"],
+                                   config_name="export", output_dir=tmp_path))
+    assert report["passed"] and report["max_abs_diff"] < 1e-4
+    assert report["input_shape"][2] % 64 == 0 and report["input_shape"][3] % 64 == 0  # DEKR's warp: 64-multiples
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "dekr.onnx")).metadata_props}
+    decode = json.loads(props["decode"])
+    assert decode["grid_align"] == "dekr" and decode["eval_resize"] == "dekr"

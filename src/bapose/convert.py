@@ -36,8 +36,8 @@ from bapose.data.metadata import DatasetMeta
 from bapose.errors import CheckpointError, ConfigError, DataError
 from bapose.utils.checkpoint import atomic_torch_save, check_state_dict_compatible
 
-__all__ = ["DEKR_LINKS", "DEKR_RESCORE_TORSO", "convert_dekr", "convert_dekr_rescore", "dekr_codec_spec",
-           "dekr_to_bapose", "is_dekr_state_dict", "read_state_dict"]
+__all__ = ["DEKR_LINKS", "DEKR_RESCORE_TORSO", "convert_dekr", "convert_dekr_rescore", "dekr_codec_spec", "dekr_layout",
+           "dekr_to_bapose", "is_dekr_state_dict", "read_state_dict", "timm_backbone_for"]
 
 # top-level module names of DEKR's HRNet (the same names and order as timm's HRNet features model)
 BACKBONE_ROOTS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3", "stage2",
@@ -168,6 +168,40 @@ def dekr_layout(state: Mapping[str, Tensor], path: str | Path = "<state_dict>") 
             "heatmap_channels": int(state["transition_heatmap.0.weight"].shape[0]),
             "heatmap_blocks": _count(state, "head_heatmap.0.{}."),
             "offset_channels_per_joint": per_joint, "offset_blocks": blocks}
+
+
+def timm_backbone_for(state: Mapping[str, Tensor], width: int, path: str | Path = "<state_dict>") -> str:
+    """The timm HRNet whose layout (stage modules, blocks, widths) is exactly the DEKR file's backbone.
+
+    DEKR's configs build any HRNet layout; timm has the standard one per width (``hrnet_w18`` ... ``hrnet_w64``) and
+    small ones (``hrnet_w18_small``: branches 16/32/64/128). ``hrnet_w<width>`` is tried first, then every other
+    timm HRNet; candidates are compared tensor by tensor (names and shapes) on the meta device (nothing allocated).
+
+    Raises:
+        CheckpointError: no timm HRNet matches (naming the closest one and how it differs).
+    """
+    import timm
+
+    from bapose.models.backbone import OUT_INDICES
+
+    ours = {k: tuple(v.shape) for k, v in state.items() if k.split(".")[0] in BACKBONE_ROOTS}
+    names = [n for n in timm.list_models("hrnet_w*") if not n.endswith("_ssld")]  # _ssld: other weights, same nets
+    # timm's stage table (pinned timm): only nets whose first branch has this width can match; skip building others
+    stages = getattr(getattr(timm.models, "hrnet", None), "cfg_cls", None) or {}
+    names = [n for n in names if n not in stages or stages[n]["stage2"]["num_channels"][0] == width] or names
+    tried = []
+    for name in sorted(names, key=lambda n: n != f"hrnet_w{width}"):
+        with torch.device("meta"):
+            body = timm.create_model(name, pretrained=False, features_only=True, feature_location="",
+                                     out_indices=OUT_INDICES)
+        theirs = {k: tuple(v.shape) for k, v in body.state_dict().items()}
+        if theirs == ours:
+            return name
+        differs = sorted(set(ours) ^ set(theirs)) + sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+        tried.append((len(differs), name, differs))
+    n, name, differs = min(tried)
+    raise CheckpointError(f"file '{path}': its HRNet-W{width} layout matches no timm HRNet; the closest, {name}, "
+                          f"differs in {n} tensors ({', '.join(differs[:5])}{' ...' if n > 5 else ''})")
 
 
 def _regular_grid() -> Tensor:
@@ -316,22 +350,20 @@ def convert_dekr(src: str | Path, dst: str | Path, meta: str | DatasetMeta | Non
     net_state, stored_basis = dekr_to_bapose(state, layout, src)
     dmeta = resolve_meta(layout["num_keypoints"], meta, ann_file, src)
     width = layout["width"]
+    backbone = timm_backbone_for(state, width, src)
     size = int(input_size or DEKR_INPUT_SIZES.get(width, 512))
     if size <= 0 or size % 32:
         raise ConfigError(f"--input-size {size}; expected a positive multiple of 32")
 
     model_cfg: dict[str, Any] = {"_target_": "bapose.models.BAPoseNet", "_convert_": "all",
-                                 "backbone": f"hrnet_w{width}", "pretrained": False,
+                                 "backbone": backbone, "pretrained": False,
                                  "num_keypoints": layout["num_keypoints"], "heatmap_channels": layout["heatmap_channels"],
                                  "heatmap_blocks": layout["heatmap_blocks"],
                                  "offset_channels_per_joint": layout["offset_channels_per_joint"],
                                  "offset_blocks": layout["offset_blocks"], "adaptive_impl": "auto",
                                  "adaptive_basis": "stored" if stored_basis else "regular", "decoder": None}
-    try:
-        with torch.device("meta"):  # names and shapes only: no memory, no initialisation (a W48 converts in seconds)
-            net = BAPoseNet(**{k: v for k, v in model_cfg.items() if not k.startswith("_")})
-    except ConfigError as e:
-        raise CheckpointError(f"file '{src}': a DEKR HRNet-W{width} has no timm backbone here ({e})") from e
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation (a W48 converts in seconds)
+        net = BAPoseNet(**{k: v for k, v in model_cfg.items() if not k.startswith("_")})
     # every bapose tensor filled, every shape right (an HRNet stage layout timm does not have shows up here)
     check_state_dict_compatible(net.state_dict(), net_state, source=str(src))
     net_state = {k: net_state[k].contiguous() for k in net.state_dict()}  # in the net's order
@@ -343,7 +375,8 @@ def convert_dekr(src: str | Path, dst: str | Path, meta: str | DatasetMeta | Non
                                **layout}}
     atomic_torch_save({"state_dict": {"net." + k: v for k, v in net_state.items()}, "bapose": info,
                        "epoch": None, "global_step": None}, dst)
-    return {"src": str(src), "dst": str(dst), "width": width, "num_keypoints": layout["num_keypoints"],
+    return {"src": str(src), "dst": str(dst), "width": width, "backbone": backbone,
+            "num_keypoints": layout["num_keypoints"],
             "meta": dmeta.name, "input_size": size, "dekr_keys": len(state), "bapose_tensors": len(net_state),
             "stored_basis": stored_basis, "params": sum(p.numel() for p in net.parameters())}
 
@@ -401,7 +434,7 @@ def describe(summary: Mapping[str, Any]) -> str:
     if "width" in summary:
         basis = "; per-joint tap bases stored (regular_matrix is not the regular grid)" if summary["stored_basis"] \
             else ""
-        return (f"bapose-convert: {summary['src']} (DEKR HRNet-W{summary['width']}, K={summary['num_keypoints']} "
+        return (f"bapose-convert: {summary['src']} (DEKR {summary['backbone']}, K={summary['num_keypoints']} "
                 f"{summary['meta']}) -> {summary['dst']}: all {summary['dekr_keys']} DEKR tensors mapped onto "
                 f"{summary['bapose_tensors']} bapose tensors, {summary['params'] / 1e6:.2f} M params{basis}; decodes "
                 f"as DEKR (grid_align=dekr, pose_nms=dekr, eval_resize=dekr) at input size {summary['input_size']}")

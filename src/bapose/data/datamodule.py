@@ -275,7 +275,8 @@ class BAPoseDataModule(L.LightningDataModule):
         ann, images = self._split_paths(split)
         if ann is None:
             return None
-        transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor, self.eval_resize)
+        transform = self._train_transform() if train else \
+            EvalTransform(self.input_size, self.size_divisor, self.eval_resize)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
                                    transform=transform, train=train, on_bad_sample=self.on_bad_sample)
 
