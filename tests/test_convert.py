@@ -197,7 +197,8 @@ def test_not_a_dekr_file_gets_one_line_naming_file_and_missing(tmp_path, capsys)
     finally:
         os.environ["HYDRA_FULL_ERROR"] = "1"
     assert str(ended.value).startswith(f"bapose-convert: file '{bad}' is not a DEKR state_dict: missing")
-    for content, expect in ((b"not a zip", "not a readable torch weights file"), (None, "does not exist")):
+    for content, expect in ((b"not a zip", "not a readable torch weights file \\(neither a torch zip archive"),
+                            (b"PK\x03\x04 cut", "truncated zip archive"), (None, "does not exist")):
         path = tmp_path / "other.pth"
         if content is not None:
             path.write_bytes(content)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,14 @@ def read_state_dict(path: str | Path, what: str = "DEKR") -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for foreign / truncated files
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK" and not zipfile.is_zipfile(path):
+            reason = "a truncated zip archive"
+        elif not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            reason = "neither a torch zip archive nor a pickle"
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise CheckpointError(f"{what} file '{path}' is not a readable torch weights file ({reason}); expected a "
                               f"state_dict saved with torch.save") from e
     # unwrap {"state_dict": ...} / {"model": ...} (a training checkpoint, a hub release) until tensors appear
