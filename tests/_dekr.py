@@ -40,14 +40,9 @@ def outputs_of(keys_json: Path) -> dict[str, torch.Tensor]:
     return torch.load(keys_json.with_name(keys_json.name.replace(".keys.json", ".outputs.pt")), weights_only=True)
 
 
-def write_state_dict(keys_json: Path, dst: Path, wrap: str | None = None) -> Path:
-    """The case's DEKR state_dict as a ``.pth``; ``wrap="state_dict"`` nests it, ``wrap="module"`` prefixes
-    ``module.`` (DataParallel), as some releases ship."""
-    state = rule()(keys_json)
-    if wrap == "module":
-        state = {f"module.{k}": v for k, v in state.items()}
-    obj: Any = {"state_dict": state, "epoch": 140} if wrap == "state_dict" else state
-    torch.save(obj, dst)
+def write_state_dict(keys_json: Path, dst: Path) -> Path:
+    """The case's DEKR state_dict as a ``.pth`` (a plain state_dict, as DEKR's release ships)."""
+    torch.save(rule()(keys_json), dst)
     return dst
 
 

@@ -120,13 +120,14 @@ def test_converted_checkpoint_reproduces_dekr_outputs(keys_json, converted):
     assert info["converted_from"]["tensors"] == len(spec["keys"])
 
 
-def test_wrapped_files_convert_to_the_same_weights(tmp_path, converted):
-    keys_json = next(p for p in CASES if "w18" in p.name)
-    _, plain = converted(keys_json)
+def test_wrapped_files_convert_to_the_same_weights(tmp_path, tiny_dekr):
+    _, src, plain = tiny_dekr
     ref = torch.load(plain, weights_only=True)["state_dict"]
-    for wrap in ("state_dict", "module"):
-        src = write_state_dict(keys_json, tmp_path / f"{wrap}.pth", wrap=wrap)
-        convert_dekr(src, tmp_path / f"{wrap}.ckpt")
+    state = torch.load(src, weights_only=True)
+    for wrap, obj in (("state_dict", {"state_dict": state, "epoch": 140}),
+                      ("module", {f"module.{k}": v for k, v in state.items()})):
+        torch.save(obj, tmp_path / f"{wrap}.pth")
+        convert_dekr(tmp_path / f"{wrap}.pth", tmp_path / f"{wrap}.ckpt", input_size=128)
         got = torch.load(tmp_path / f"{wrap}.ckpt", weights_only=True)["state_dict"]
         assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
 
@@ -207,17 +208,14 @@ def test_not_a_dekr_file_gets_one_line_naming_file_and_missing(tmp_path, capsys)
     assert not (tmp_path / "x.ckpt").exists()
 
 
-def test_joint_set_from_k_or_given(tmp_path):
-    keys_json = next(p for p in CASES if "w18" in p.name)
-    spec = json.loads(keys_json.read_text())
-    src = write_state_dict(keys_json, tmp_path / "k17.pth")
+def test_joint_set_from_k_or_given(tmp_path, tiny_dekr):
+    _, src, _ = tiny_dekr
     with pytest.raises(ConfigError, match="K=17 joints but --meta crowdpose has 14"):
         convert_dekr(src, tmp_path / "x.ckpt", meta="crowdpose")
     # a custom K (5 joints): no preset fits, so the joint set must be given
-    custom = layout_for_k(spec, 5)
-    custom_json = tmp_path / "k5.keys.json"
-    custom_json.write_text(json.dumps(custom))
-    src5 = write_state_dict(custom_json, tmp_path / "k5.pth")
+    torch.manual_seed(0)
+    src5 = tmp_path / "k5.pth"
+    torch.save(bapose_to_dekr(BAPoseNet("hrnet_w18_small", num_keypoints=5, decoder=None)), src5)
     with pytest.raises(ConfigError, match="K=5 joints.*--meta coco\\|crowdpose or --ann-file"):
         convert_dekr(src5, tmp_path / "x.ckpt")
     ann = tmp_path / "five.json"
