@@ -17,7 +17,18 @@ from bapose.errors import ConfigError, DataError
 Net = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-def _run(net: Net, images: Tensor, flip: bool, flip_index: Sequence[int]) -> tuple[Tensor, Tensor]:
+def mirror(images: Tensor, shift: int = 0) -> Tensor:
+    """The mirrored batch the flip test runs: ``images.flip(-1)``, then moved ``shift`` pixels left (the last
+    ``shift`` columns keep the mirrored values), as DEKR's ``get_multi_stage_outputs`` does for its ``x = 4·g`` grid
+    (``BAPoseCodec.flip_shift``)."""
+    out = images.flip(-1)
+    if shift > 0:
+        out[..., :-shift] = out[..., shift:].clone()
+    return out
+
+
+def _run(net: Net, images: Tensor, flip: bool, flip_index: Sequence[int], flip_shift: int = 0
+         ) -> tuple[Tensor, Tensor]:
     heatmaps, offsets = net(images)
     if flip:
         k = offsets.shape[1] // 2
@@ -27,7 +38,7 @@ def _run(net: Net, images: Tensor, flip: bool, flip_index: Sequence[int]) -> tup
         if len(flip_index) != k:
             raise ConfigError(f"predict: 'flip_index' has {len(flip_index)} entries; expected K={k} or K+1")
         # mirrored image through the net, then mapped back: grid mirrored, left/right joints swapped, x negated
-        hf, of = net(images.flip(-1))
+        hf, of = net(mirror(images, flip_shift))
         heatmaps, offsets = merge_flip(heatmaps, offsets, hf, of, flip_index)
     return heatmaps, offsets
 
@@ -66,7 +77,7 @@ def predict(net: Net, images: Tensor, codec: BAPoseCodec, meta: DatasetMeta | No
     else:
         flip_index = []
     if list(scales) == [1.0]:
-        return codec.decode(*_run(net, images, flip, flip_index))
+        return codec.decode(*_run(net, images, flip, flip_index, codec.flip_shift))
     outputs, factors = [], []
     for s in scales:
         # rounded up like the evaluation resize pads; the exact per-axis factors map poses back
@@ -74,7 +85,7 @@ def predict(net: Net, images: Tensor, codec: BAPoseCodec, meta: DatasetMeta | No
         ws = max(size_divisor, math.ceil(w * s / size_divisor) * size_divisor)
         img = images if (hs, ws) == (h, w) else F.interpolate(images, size=(hs, ws), mode="bilinear",
                                                                  align_corners=False, antialias=s < 1)
-        outputs.append(_run(net, img, flip, flip_index))
+        outputs.append(_run(net, img, flip, flip_index, codec.flip_shift))
         factors.append((hs / h, ws / w))
     return codec.decode_multiscale(outputs, factors, (h, w))
 

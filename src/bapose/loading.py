@@ -145,6 +145,8 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
                           f"of them to say which net to build")
     # the checkpoint holds the weights (nothing may be downloaded); K comes from the checkpoint, not from data=
     model_cfg.update(num_keypoints=k, **({"pretrained": False} if "pretrained" in model_cfg else {}))
+    if model_cfg.get("init_from"):  # the checkpoint's own weights replace whatever the run started from
+        model_cfg["init_from"] = None
     try:
         net = hydra.utils.instantiate(model_cfg)
     except Exception as e:  # noqa: BLE001 - Hydra wraps the real error; name the config that failed

@@ -30,9 +30,9 @@ from bapose.cli.train import build_datamodule
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import CheckpointError, ConfigError, exit_on_error
 from bapose.loading import load_model
-from bapose.utils.checkpoint import load_checkpoint_safely
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
+from bapose.utils.checkpoint import load_checkpoint_safely
 
 log = logging.getLogger("bapose")
 
@@ -59,6 +59,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.warning("checkpoint '%s' was trained at input size %s; evaluating at data.input_size=%s", path,
                     stored["input_size"], datamodule.input_size)
 
+    if getattr(datamodule, "eval_resize", "pad") is None and stored.get("eval_resize"):
+        # data.eval_resize=null: resize as the checkpoint was evaluated (a converted DEKR checkpoint: DEKR's warp)
+        datamodule.eval_resize = stored["eval_resize"]
+        log.info("resizing %s images as checkpoint '%s' says: eval_resize=%s", split, path, stored["eval_resize"])
     flip, scales = bool(cfg.test.flip), [float(s) for s in cfg.test.scales]
     codec = datamodule.codec.with_checkpoint_defaults(stored.get("codec"))
     module = BAPoseModule(net, codec=codec, val_flip=flip, val_scales=scales, test_flip=flip,

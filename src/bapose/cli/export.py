@@ -64,9 +64,9 @@ def generated_image(height: int = 480, width: int = 640, seed: int = 0) -> np.nd
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def _to_batch(image: np.ndarray, input_size: int) -> torch.Tensor:
+def _to_batch(image: np.ndarray, input_size: int, resize: str | None = None) -> torch.Tensor:
     """RGB uint8 ``(H, W, 3)`` -> float ``(1, 3, Hp, Wp)`` in [0, 1], resized and padded as evaluation does."""
-    resized = EvalTransform(input_size)(image)["image"]
+    resized = EvalTransform(input_size, resize=resize)(image)["image"]
     return torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255.0
 
 
@@ -94,7 +94,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         source = str(cfg.image)
     else:
         image, source = default_image()
-    x = _to_batch(image, model.input_size)
+    resize = model.info.get("eval_resize")
+    x = _to_batch(image, model.input_size, resize)
 
     codec = model.codec
     meta = model.meta
@@ -103,7 +104,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                 "decode": {"stride": codec.stride, "max_people": codec.max_people,
                            "center_threshold": codec.center_threshold, "nms_kernel": codec.nms_kernel,
                            "pose_nms_ratio": codec.pose_nms_ratio, "pose_nms_fraction": codec.pose_nms_fraction,
-                           "refine_radius": int(codec.refine_radius or 0)},
+                           "refine_radius": int(codec.refine_radius or 0), "grid_align": codec.align,
+                           "eval_resize": resize or "pad"},
                 "checkpoint": str(model.path)}
     export_onnx(model.net, output, opset=int(cfg.get("opset", 17)), example_hw=tuple(x.shape[-2:]),
                 dynamic=bool(cfg.get("dynamic", True)), metadata=metadata)
@@ -113,7 +115,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("dynamic", True):
         # the dynamic axes: a batch of 2 at another size (the same photo at a different short side, flipped)
         other = max(32, model.input_size - 32) if model.input_size > 64 else model.input_size + 32
-        x2 = _to_batch(image, other)
+        x2 = _to_batch(image, other, resize)
         checks["batch2"] = onnx_parity(model.net, output, torch.cat([x2, x2.flip(-1)]), threads=threads)
     tol = float(cfg.get("tolerance", 1e-4))
     worst = max(max(c["heatmaps"], c["offsets"]) for c in checks.values())

@@ -207,7 +207,8 @@ def predict_batch(model: LoadedModel, images: Sequence[np.ndarray], flip: bool =
     padded size run together, each size separately, so an image is never padded for a larger neighbour and its
     people do not depend on what else is in the batch (D-WASP's image-pool branch sees padding).
     """
-    transform = EvalTransform(model.input_size, getattr(model.net, "size_divisor", 32))
+    # resized as the checkpoint's evaluation resizes (DEKR's centred warp for a converted DEKR checkpoint)
+    transform = EvalTransform(model.input_size, getattr(model.net, "size_divisor", 32), model.info.get("eval_resize"))
     items = [transform(im) for im in images]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, it in enumerate(items):

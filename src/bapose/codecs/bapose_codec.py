@@ -9,6 +9,11 @@ Coordinate convention (the one every function here uses):
   ``g = (x + 0.5) / stride - 0.5`` (pixel-area aligned, like ``cv2.resize`` / ``align_corners=False``). With this
   convention mirroring the image (``x -> W-1-x``) mirrors the grid exactly (``g -> w-1-g``), which is what makes the
   flip test lossless; DEKR's ``g = x / stride`` is off by ``(stride-1)/2`` input pixels after a flip.
+- ``grid_align="dekr"`` selects DEKR's own convention instead, for nets trained by DEKR's code (``bapose-convert
+  dekr``): ``x = stride * g``; joint heat values are read where DEKR reads them (its heatmaps upsampled to input
+  size with ``align_corners=True``, at the input pixel ``floor(x)``, clamped to the map); the flip test shifts the
+  mirrored image by ``stride - 1`` pixels (``flip_shift``), as DEKR's ``get_multi_stage_outputs`` does, so that
+  mirroring maps grid pixel ``g`` to ``w-1-g`` in that convention.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from torch import Tensor
 
 from bapose.codecs.rescore import RescoreNet, load_rescore
 from bapose.errors import ConfigError, DataError
+
+
+# grid conventions (codec field ``grid_align``): ours, and DEKR's for checkpoints converted from its code
+GRID_ALIGNS = ("center", "dekr")
 
 
 class Poses(NamedTuple):
@@ -114,6 +123,9 @@ class BAPoseCodec:
             multiplies each pose's score by its predicted OKS (DEKR) before pose NMS, so NMS order and the output
             scores both use the rescored value; joints and joint scores are unchanged. Loaded on first decode and
             cached per (path, modification time, device).
+        grid_align: ``"center"`` (our convention, see the module docstring) or ``"dekr"`` (DEKR's ``x = stride·g``,
+            its heat-value reading and flip shift: for checkpoints converted from DEKR). ``None``: ``center`` at
+            training; in ``bapose-eval`` / ``bapose-predict`` the value stored in the checkpoint.
     """
 
     input_size: int | tuple[int, int] = 512
@@ -131,6 +143,7 @@ class BAPoseCodec:
     pose_nms_fraction: float = 0.5
     refine_radius: int | None = None
     rescore_path: str | None = None
+    grid_align: str | None = None
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -159,6 +172,9 @@ class BAPoseCodec:
             if not os.path.isfile(path):
                 raise ConfigError(f"codec: field 'rescore_path' '{path}' is not a file; expected a rescoring net "
                                   "written by scripts/train_rescore.py, or null")
+        if self.grid_align not in (None, *GRID_ALIGNS):
+            raise ConfigError(f"codec: field 'grid_align' is {self.grid_align!r}; expected one of {list(GRID_ALIGNS)} "
+                              "or null")
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -171,13 +187,41 @@ class BAPoseCodec:
         h, w = self.input_hw
         return h // self.stride, w // self.stride
 
+    @property
+    def align(self) -> str:
+        """The grid convention in use (``grid_align``, ``None`` resolved to ``"center"``)."""
+        return self.grid_align or "center"
+
+    @property
+    def flip_shift(self) -> int:
+        """Pixels the mirrored image moves left in the flip test: ``stride - 1`` for DEKR's convention, else 0."""
+        return self.stride - 1 if self.align == "dekr" else 0
+
     def to_grid(self, xy: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Input pixels -> output-grid pixels (see the module docstring)."""
+        if self.align == "dekr":
+            return xy / self.stride
         return (xy + 0.5) / self.stride - 0.5
 
     def to_input(self, g: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Output-grid pixels -> input pixels."""
+        if self.align == "dekr":
+            return g * self.stride
         return (g + 0.5) * self.stride - 0.5
+
+    def heat_grid(self, xy: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+        """Where joint heat values are read: input pixels ``(..., 2)`` -> grid pixels for bilinear sampling.
+
+        ``center``: :meth:`to_grid` (bilinear, 0 outside the map). ``dekr``: DEKR upsamples the heatmaps to input
+        size (``align_corners=True`` to ``stride·(w-1)+1`` columns, the last ``stride-1`` replicated) and reads the
+        input pixel ``floor(x)`` clamped to the map: the grid point ``clamp(floor(x), 0, stride·(w-1)) / stride``.
+        """
+        if self.align != "dekr":
+            return self.to_grid(xy)
+        h, w = grid_hw
+        x = xy[..., 0].floor().clamp(0, self.stride * (w - 1)) / self.stride
+        y = xy[..., 1].floor().clamp(0, self.stride * (h - 1)) / self.stride
+        return torch.stack([x, y], -1)
 
     # ------------------------------------------------------------------ encode
     def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
@@ -292,9 +336,13 @@ class BAPoseCodec:
     def with_checkpoint_defaults(self, stored: Mapping[str, Any] | None) -> BAPoseCodec:
         """Decode knobs left ``None`` take the value a checkpoint's ``bapose.codec`` entry stored at training."""
         stored = stored or {}
+        changes: dict[str, Any] = {}
         if self.refine_radius is None and stored.get("refine_radius") is not None:
-            return dataclasses.replace(self, refine_radius=int(stored["refine_radius"]))
-        return self
+            changes["refine_radius"] = int(stored["refine_radius"])
+        # a net decodes only in the grid convention it was trained in
+        if self.grid_align is None and stored.get("grid_align") in GRID_ALIGNS:
+            changes["grid_align"] = stored["grid_align"]
+        return dataclasses.replace(self, **changes) if changes else self
 
     def refine(self, heatmaps: Tensor, joints: Tensor) -> Tensor:
         """Move regressed joints to their joint heatmap's maximum within ``refine_radius`` grid pixels.
@@ -352,7 +400,7 @@ class BAPoseCodec:
         k = c - 1
         hm = heatmaps.float()
         ctr = _sample(hm[:, k:], self.to_grid(centers)[:, :, None, :])[..., 0]  # (B, T)
-        heat = _sample(hm[:, :k], self.to_grid(joints))  # (B, T, K)
+        heat = _sample(hm[:, :k], self.heat_grid(joints, (h, w)))  # (B, T, K)
         joint_scores = ctr[..., None] * heat
         poses = torch.cat([joints, joint_scores[..., None]], -1)
         return poses, joint_scores.mean(-1)

@@ -9,6 +9,8 @@ net serves every input size and both decode frames (input pixels, original pixel
 - the K joint scores.
 
 The codec multiplies each pose's score by the predicted OKS before pose NMS (:class:`BAPoseCodec` ``rescore_path``).
+A net converted from DEKR's release (``bapose-convert dekr-rescore``) reads DEKR's own features instead
+(:func:`dekr_pose_features`, ``features="dekr"``) and its output is used unbounded, as DEKR uses it.
 Training pairs come from a checkpoint's predictions on the training set: the target of a prediction is its OKS
 with the best-matching ground-truth person of the same image (:func:`oks`, COCO's formula).
 """
@@ -66,36 +68,90 @@ def pose_features(poses: Tensor | np.ndarray, skeleton: Sequence[Sequence[int]])
     return torch.cat([links[..., 0], links[..., 1], links.norm(dim=-1), p[..., 2]], 1)
 
 
+def dekr_pose_features(poses: Tensor | np.ndarray, links: Sequence[Sequence[int]], torso: Sequence[int] = (9, 11),
+                       min_torso: float = 1.0) -> Tensor:
+    """DEKR's rescoring features (``lib/utils/rescore.py`` ``get_feature``) of each pose.
+
+    Per link ``(a, b)``: ``p_a - p_b`` and its length, divided by the mean length of the two ``torso`` links (at
+    least ``min_torso`` pixels; DEKR clamps at 1 pixel of the original image); then the K joint scores.
+
+    Args:
+        poses: ``(M, K, 3)`` (x, y, joint score).
+        links: L 0-based joint pairs in DEKR's order (``bapose.convert.DEKR_LINKS``).
+        torso: indices into ``links`` of the two links that normalise.
+
+    Returns:
+        float32 ``(M, 3L + K)``: ``[dx_1, dy_1, dx_2, dy_2, ..., dx_L, dy_L, len_1..len_L, score_1..score_K]``.
+    """
+    p = torch.as_tensor(poses).float()
+    if p.dim() != 3 or p.shape[-1] != 3:
+        raise DataError(f"rescore: field 'poses' has shape {tuple(p.shape)}; expected (M, K, 3)")
+    k = p.shape[1]
+    sk = _as_skeleton(links)
+    if any(not (0 <= a < k and 0 <= b < k) for a, b in sk) or any(not 0 <= t < len(sk) for t in torso):
+        raise DataError(f"rescore: links {list(sk)} / torso {list(torso)} out of range for poses with K={k}")
+    a = torch.tensor([s[0] for s in sk], dtype=torch.long, device=p.device)
+    b = torch.tensor([s[1] for s in sk], dtype=torch.long, device=p.device)
+    rel = p[:, a, :2] - p[:, b, :2]  # (M, L, 2)
+    length = rel.norm(dim=-1)  # (M, L)
+    norm = ((length[:, torso[0]] + length[:, torso[1]]) / 2).clamp(min=min_torso)[:, None]  # (M, 1)
+    return torch.cat([(rel / norm[..., None]).reshape(len(p), -1), length / norm, p[..., 2]], 1)
+
+
+FEATURES = ("bapose", "dekr")
+OUTPUTS = ("sigmoid", "linear")
+
+
 class RescoreNet(nn.Module):
-    """Pose features ``(M, F)`` -> predicted OKS ``(M,)`` in [0, 1] (Linear-ReLU-Linear-ReLU-Linear, sigmoid).
+    """Pose features ``(M, F)`` -> predicted OKS ``(M,)`` (Linear-ReLU-Linear-ReLU-Linear, then a sigmoid).
 
     Args:
         in_features: F, from :func:`num_features`.
         hidden: width of both hidden layers (DEKR uses 256).
         skeleton: the link set the features were built with, kept with the weights so the codec needs no meta.
         num_keypoints: K the features were built with.
+        features: ``"bapose"`` (:func:`pose_features`) or ``"dekr"`` (:func:`dekr_pose_features` over ``skeleton``
+            with ``torso``).
+        torso: ``features="dekr"``: the two links whose mean length normalises.
+        output: ``"sigmoid"`` (in [0, 1]) or ``"linear"`` (DEKR's PredictOKSNet: the last layer as it is).
     """
 
     def __init__(self, in_features: int, hidden: int = 256, skeleton: Sequence[Sequence[int]] = (),
-                 num_keypoints: int | None = None) -> None:
+                 num_keypoints: int | None = None, features: str = "bapose", torso: Sequence[int] = (),
+                 output: str = "sigmoid") -> None:
         super().__init__()
+        if features not in FEATURES or output not in OUTPUTS:
+            raise DataError(f"rescore: fields 'features' {features!r} / 'output' {output!r}; expected one of "
+                            f"{FEATURES} / {OUTPUTS}")
+        if features == "dekr" and len(torso) != 2:
+            raise DataError(f"rescore: features 'dekr' need two 'torso' links, got {list(torso)}")
         self.in_features = int(in_features)
         self.hidden = int(hidden)
         self.skeleton = _as_skeleton(skeleton)
         self.num_keypoints = num_keypoints
+        self.features, self.torso, self.output = features, tuple(int(t) for t in torso), output
         self.layers = nn.Sequential(nn.Linear(self.in_features, self.hidden), nn.ReLU(inplace=True),
                                     nn.Linear(self.hidden, self.hidden), nn.ReLU(inplace=True),
                                     nn.Linear(self.hidden, 1))
 
     def forward(self, features: Tensor) -> Tensor:
-        return torch.sigmoid(self.layers(features)).squeeze(-1)
+        out = self.layers(features).squeeze(-1)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def pose_features(self, poses: Tensor) -> Tensor:
+        """This net's features of ``poses (M, K, 3)``."""
+        if self.features == "dekr":
+            return dekr_pose_features(poses, self.skeleton, self.torso)
+        return pose_features(poses, self.skeleton)
 
     def predict_oks(self, poses: Tensor) -> Tensor:
         """``poses (M, K, 3)`` -> predicted OKS ``(M,)`` on ``poses``' device, with this net's skeleton."""
         if self.num_keypoints is not None and poses.shape[1] != self.num_keypoints:
             raise DataError(f"rescore: net trained on K={self.num_keypoints} joints, poses have K={poses.shape[1]}")
         with torch.no_grad():
-            return self(pose_features(poses, self.skeleton).to(next(self.parameters()).device)).to(poses.device)
+            out = self(self.pose_features(poses).to(next(self.parameters()).device)).to(poses.device)
+        # DEKR sets a NaN prediction to 0 before multiplying it with the pose score
+        return torch.nan_to_num(out, nan=0.0) if self.features == "dekr" else out
 
 
 def train_rescore(features: Tensor | np.ndarray, targets: Tensor | np.ndarray, epochs: int = 200, lr: float = 1e-3,
@@ -233,9 +289,13 @@ def pearson(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------------- files
 def save_rescore(net: RescoreNet, path: str | Path) -> None:
-    """Write weights + the feature definition (``in_features``, ``hidden``, ``skeleton``, ``num_keypoints``)."""
-    torch.save({"state_dict": net.state_dict(), "in_features": net.in_features, "hidden": net.hidden,
-                "skeleton": [list(p) for p in net.skeleton], "num_keypoints": net.num_keypoints}, str(path))
+    """Write weights + the feature definition (``in_features``, ``hidden``, ``skeleton``, ``num_keypoints``;
+    ``features``, ``torso``, ``output`` when they are not the defaults)."""
+    blob = {"state_dict": net.state_dict(), "in_features": net.in_features, "hidden": net.hidden,
+            "skeleton": [list(p) for p in net.skeleton], "num_keypoints": net.num_keypoints}
+    if (net.features, net.output) != ("bapose", "sigmoid"):
+        blob.update(features=net.features, torso=list(net.torso), output=net.output)
+    torch.save(blob, str(path))
 
 
 def load_rescore(path: str | Path, num_keypoints: int | None = None,
@@ -273,7 +333,12 @@ def load_rescore(path: str | Path, num_keypoints: int | None = None,
         raise DataError(f"rescore file '{path}': field 'skeleton' differs; links only in the file "
                         f"{sorted(set(file_sk) - set(want))}, only expected {sorted(set(want) - set(file_sk))}"
                         + ("" if set(want) != set(file_sk) else " (same links, another order)"))
-    net = RescoreNet(in_features, hidden, skeleton=file_sk, num_keypoints=k)
+    try:
+        net = RescoreNet(in_features, hidden, skeleton=file_sk, num_keypoints=k,
+                         features=str(blob.get("features", "bapose")), torso=tuple(blob.get("torso", ())),
+                         output=str(blob.get("output", "sigmoid")))
+    except DataError as e:
+        raise DataError(f"rescore file '{path}': {e}") from None
     try:
         net.load_state_dict(blob["state_dict"], strict=True)
     except RuntimeError as e:

@@ -26,7 +26,7 @@ from bapose.data.dataset import (
     load_coco_keypoint_json,
 )
 from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta, keypoint_categories, rule_set
-from bapose.data.transforms import EvalTransform, TrainTransform
+from bapose.data.transforms import EVAL_RESIZES, EvalTransform, TrainTransform
 from bapose.errors import ConfigError
 
 __all__ = ["BAPoseDataModule", "collate_eval", "collate_train", "datamodule_spec"]
@@ -119,6 +119,9 @@ class BAPoseDataModule(L.LightningDataModule):
         eval_mode: "coco" or "crowdpose" rules for the module's evaluator and the codec's small-person rule; None
             takes the dataset's rule set (``bapose.data.metadata.rule_set``: CrowdPose for CrowdPose-format data —
             the CrowdPose joint set, ``crowdIndex`` images, or no ``area`` in the json — else COCO).
+        eval_resize: how val/test images are resized: ``"pad"`` (short side = ``input_size``, padded right/bottom)
+            or ``"dekr"`` (DEKR's centred warp, for checkpoints converted from DEKR); None: ``"pad"``, except in
+            ``bapose-eval``, which takes the rule a checkpoint stores (``bapose.eval_resize``).
 
     The codec's ``min_center_area: null`` means "by the rule set": 32^2 under COCO rules, none under CrowdPose
     rules (as DEKR), resolved here before the codec is built and logged once.
@@ -130,7 +133,7 @@ class BAPoseDataModule(L.LightningDataModule):
                  num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
                  augmentation: Mapping | None = None, on_bad_sample: str = "raise",
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
-                 size_divisor: int = 32, eval_mode: str | None = None) -> None:
+                 size_divisor: int = 32, eval_mode: str | None = None, eval_resize: str | None = None) -> None:
         super().__init__()
         if size_divisor <= 0 or size_divisor % 32:
             raise ConfigError(f"data field 'size_divisor' is {size_divisor}; expected a positive multiple of 32 "
@@ -163,6 +166,10 @@ class BAPoseDataModule(L.LightningDataModule):
         if eval_mode not in (None, "coco", "crowdpose"):
             raise ConfigError(f"data field 'eval_mode' is '{eval_mode}'; expected 'coco', 'crowdpose' or null")
         self._eval_mode = eval_mode
+        if eval_resize not in (None, *EVAL_RESIZES):
+            raise ConfigError(f"data field 'eval_resize' is {eval_resize!r}; expected one of {list(EVAL_RESIZES)} "
+                              "or null")
+        self.eval_resize = eval_resize
         self._meta_cfg = meta if isinstance(meta, DatasetMeta) else (_plain(meta) if meta is not None else None)
         self.keypoints_field = "keypoints"
         if isinstance(self._meta_cfg, dict):
@@ -290,7 +297,7 @@ class BAPoseDataModule(L.LightningDataModule):
             "batch_size": self.batch_size, "val_batch_size": self.val_batch_size, "num_workers": self.num_workers,
             "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory,
             "on_bad_sample": self.on_bad_sample, "synthetic": dict(self.synthetic) if self.synthetic else None,
-            "size_divisor": self.size_divisor, "eval_mode": self.eval_mode,
+            "size_divisor": self.size_divisor, "eval_mode": self.eval_mode, "eval_resize": self.eval_resize,
         }
 
     # ------------------------------------------------------------------------------------------- paths
@@ -353,7 +360,8 @@ class BAPoseDataModule(L.LightningDataModule):
         ann, images = self._split_paths(split)
         if ann is None:
             return None
-        transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor)
+        transform = self._train_transform() if train else \
+            EvalTransform(self.input_size, self.size_divisor, self.eval_resize)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
                                    transform=transform, train=train, on_bad_sample=self.on_bad_sample,
                                    keypoints_field=self.keypoints_field, data=self._json_cache.pop(ann, None))

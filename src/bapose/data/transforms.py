@@ -22,6 +22,10 @@ Areas scale by the zoom squared. The optional photometric jitter is albumentatio
 
 Evaluation: resize with the short side = ``input_size`` (aspect kept), zero-pad right/bottom to multiples of
 ``size_divisor``; ``input_to_orig`` (2, 3) maps input pixel centres back to original pixel centres.
+``resize="dekr"`` reproduces DEKR's test resize instead (``resize_align_multi_scale`` at scale 1, for checkpoints
+converted from DEKR): one ``warpAffine`` (bilinear) that scales by ``input_size / short side`` about the integer
+image centre ``(int(w/2 + 0.5), int(h/2 + 0.5))``, placed at the centre of an output whose short side is
+``input_size`` and long side the resized long side rounded up to a multiple of 64.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ import numpy as np
 from bapose.errors import ConfigError
 
 __all__ = [
-    "AffineParams", "EvalTransform", "TrainTransform", "apply_affine", "eval_resize_matrix", "flip_keypoints",
-    "invert_affine", "train_affine_matrix",
+    "AffineParams", "EVAL_RESIZES", "EvalTransform", "TrainTransform", "apply_affine", "dekr_resize_matrix",
+    "eval_resize_matrix", "flip_keypoints", "invert_affine", "train_affine_matrix",
 ]
+
+# evaluation resize rules (``EvalTransform.resize``, data field ``eval_resize``)
+EVAL_RESIZES = ("pad", "dekr")
 
 
 # ---------------------------------------------------------------------------------------------------- affine math
@@ -130,6 +137,41 @@ def eval_resize_matrix(height: int, width: int, input_size: int, size_divisor: i
     sx, sy = rw / width, rh / height
     input_to_orig = np.array([[1.0 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1.0 / sy, 0.5 / sy - 0.5]])
     return (rh, rw), (ph, pw), input_to_orig
+
+
+def dekr_resize_matrix(height: int, width: int, input_size: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """DEKR's test resize at scale 1 (``lib/utils/transforms.py``: ``get_multi_scale_size`` + ``get_affine_transform``).
+
+    The short side becomes ``input_size`` rounded up to a multiple of 64, the long side that times the aspect, rounded
+    up to a multiple of 64; the uniform scale ``s = out short / short`` is centred on ``(int(w/2 + 0.5),
+    int(h/2 + 0.5))``, which lands on the output's centre ``(W'/2, H'/2)``. Both matrices come from
+    ``cv2.getAffineTransform`` on float32 point triples, as DEKR computes them (its warp and its mapping back).
+
+    Returns:
+        ``(out_hw, orig_to_input (2, 3), input_to_orig (2, 3))``.
+    """
+    short = int((input_size + 63) // 64 * 64)
+    if width < height:
+        out_w, out_h = short, int((short / width * height + 63) // 64 * 64)
+        src_w = float(width)
+    else:
+        out_h, out_w = short, int((short / height * width + 63) // 64 * 64)
+        src_w = out_w / out_h * height  # DEKR's scale_w * 200: the source width the output width covers
+    centre = np.array([int(width / 2.0 + 0.5), int(height / 2.0 + 0.5)], dtype=np.float32)
+    # three points: the centre, the point half a source width above it, and the one at right angles (the affine is
+    # the similarity fixed by the first two); the same triple in the output
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0] = centre
+    src[1] = centre + np.array([0.0, -0.5 * src_w], np.float32)
+    dst[0] = [out_w * 0.5, out_h * 0.5]
+    dst[1] = np.array([out_w * 0.5, out_h * 0.5], np.float32) + np.array([0.0, -0.5 * out_w], np.float32)
+    for pts in (src, dst):
+        d = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-d[1], d[0]], np.float32)
+    forward = cv2.getAffineTransform(src, dst)
+    back = cv2.getAffineTransform(dst, src)
+    return (out_h, out_w), forward, back
 
 
 # ---------------------------------------------------------------------------------------------------- transforms
@@ -238,19 +280,31 @@ class EvalTransform:
     Args:
         input_size: target short side.
         size_divisor: both output sides are multiples of it (the network's total stride, 32).
+        resize: ``"pad"`` (this) or ``"dekr"``: DEKR's centred warp (:func:`dekr_resize_matrix`; sides multiples
+            of 64, ``size_divisor`` unused). ``None``: ``"pad"``.
     """
 
-    def __init__(self, input_size: int, size_divisor: int = 32) -> None:
+    def __init__(self, input_size: int, size_divisor: int = 32, resize: str | None = None) -> None:
         if input_size <= 0 or size_divisor <= 0:
             raise ConfigError(f"eval transform: 'input_size' {input_size} and 'size_divisor' {size_divisor} must be "
                               "positive")
+        if resize not in (None, *EVAL_RESIZES):
+            raise ConfigError(f"data field 'eval_resize' is {resize!r}; expected one of {list(EVAL_RESIZES)} or null")
         self.input_size = int(input_size)
         self.size_divisor = int(size_divisor)
+        self.resize = resize or "pad"
 
     def __call__(self, image: np.ndarray) -> dict:
         """(H, W, 3) uint8 -> dict ``image`` (Hp, Wp, 3) uint8, ``input_to_orig`` (2, 3) float64,
-        ``orig_size`` (H, W), ``valid_size`` (h, w) of the resized content before padding."""
+        ``orig_size`` (H, W), ``valid_size`` (h, w) of the resized content before padding (``dekr``: the whole
+        output, whose content is centred)."""
         h, w = image.shape[:2]
+        if self.resize == "dekr":
+            (oh, ow), forward, back = dekr_resize_matrix(h, w, self.input_size)
+            # DEKR: cv2.warpAffine with its defaults (bilinear, constant 0 border)
+            out = cv2.warpAffine(image, forward, (ow, oh))
+            return {"image": out, "input_to_orig": back.astype(np.float64), "orig_size": (h, w),
+                    "valid_size": (oh, ow)}
         (rh, rw), (ph, pw), input_to_orig = eval_resize_matrix(h, w, self.input_size, self.size_divisor)
         # INTER_AREA when shrinking avoids aliasing; linear when enlarging (both use cv2's half-pixel centres)
         interp = cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR

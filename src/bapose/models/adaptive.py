@@ -24,6 +24,8 @@ from bapose.errors import ConfigError
 
 AdaptiveImpl = Literal["auto", "torchvision", "torch"]
 IMPLS = ("auto", "torchvision", "torch")
+AdaptiveBasis = Literal["regular", "stored"]
+BASES = ("regular", "stored")
 
 try:  # torchvision is a dependency, but the pure-PyTorch path must keep working where its ops are not built
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
@@ -136,14 +138,22 @@ class AdaptiveBlock(nn.Module):
         groups: number of independent groups (K joints).
         dilation: dilation of the regular 3×3 grid ``g`` (1 in DEKR).
         impl: ``"auto" | "torchvision" | "torch"``; see the module docstring. Mutable attribute.
+        basis: the vectors ``A`` acts on. ``"regular"``: the tap grid ``g`` itself (derived, not saved).
+            ``"stored"``: a per-group ``(groups, 2, 9)`` buffer ``basis`` saved with the weights, starting at ``g``;
+            taps then sample at ``p + g + A·basis + t``. DEKR keeps its ``regular_matrix`` as such a buffer in every
+            AdaptBlock, so a converted DEKR file whose matrices are not the regular grid still runs exactly.
 
     Shapes: ``(B, groups·channels, H, W) -> (B, groups·channels, H, W)``.
     """
 
-    def __init__(self, channels: int = 15, groups: int = 1, dilation: int = 1, impl: AdaptiveImpl = "auto") -> None:
+    def __init__(self, channels: int = 15, groups: int = 1, dilation: int = 1, impl: AdaptiveImpl = "auto",
+                 basis: AdaptiveBasis = "regular") -> None:
         super().__init__()
         self.channels, self.groups, self.dilation = channels, groups, dilation
         self.impl = check_impl(impl)
+        if basis not in BASES:
+            raise ConfigError(f"field 'model.adaptive_basis': expected one of {BASES}, got {basis!r}")
+        self.basis_kind = basis
         total = channels * groups
         # one grouped conv predicts, per group, (a_yy, a_yx, a_xy, a_xx, t_y, t_x)
         self.transform = nn.Conv2d(total, 6 * groups, 3, padding=dilation, dilation=dilation, groups=groups)
@@ -152,6 +162,8 @@ class AdaptiveBlock(nn.Module):
         ky, kx = torch.meshgrid(torch.arange(3.0) - 1, torch.arange(3.0) - 1, indexing="ij")
         # regular tap offsets g = (dy, dx), (2, 9); not persistent: derived from the dilation, not learned
         self.register_buffer("grid", torch.stack((ky.flatten(), kx.flatten())) * dilation, persistent=False)
+        if basis == "stored":
+            self.register_buffer("basis", self.grid.expand(groups, 2, 9).clone())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,7 +177,10 @@ class AdaptiveBlock(nn.Module):
         """Tap displacements from the regular grid, ``A·g + t``: ``(B, G·9·2, H, W)`` in torchvision's layout."""
         b, _, h, w = x.shape
         pred = self.transform(x).view(b, self.groups, 6, 1, h, w)
-        gy, gx = (self.grid[i].view(1, 1, 9, 1, 1).to(x.dtype) for i in range(2))
+        if self.basis_kind == "stored":
+            gy, gx = (self.basis[:, i].reshape(1, self.groups, 9, 1, 1).to(x.dtype) for i in range(2))
+        else:
+            gy, gx = (self.grid[i].view(1, 1, 9, 1, 1).to(x.dtype) for i in range(2))
         # elementwise rather than einsum: a 2×2 matrix product is not a conv, so FLOP counters should not see it
         dy = pred[:, :, 0] * gy + pred[:, :, 1] * gx + pred[:, :, 4]
         dx = pred[:, :, 2] * gy + pred[:, :, 3] * gx + pred[:, :, 5]
@@ -177,4 +192,5 @@ class AdaptiveBlock(nn.Module):
         return F.relu(self.bn(out) + x)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, groups={self.groups}, dilation={self.dilation}, impl={self.impl!r}"
+        basis = "" if self.basis_kind == "regular" else f", basis={self.basis_kind!r}"
+        return f"channels={self.channels}, groups={self.groups}, dilation={self.dilation}, impl={self.impl!r}{basis}"

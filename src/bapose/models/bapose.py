@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bapose.errors import ConfigError
-from bapose.models.adaptive import AdaptiveBlock, AdaptiveImpl, check_impl
+from bapose.models.adaptive import AdaptiveBasis, AdaptiveBlock, AdaptiveImpl, check_impl
 from bapose.models.backbone import HRNetBackbone
 from bapose.models.dwasp import DWASP
 from bapose.models.heads import HeatmapHead, OffsetHead
@@ -37,9 +37,17 @@ class BAPoseNet(nn.Module):
             ``low_level_planes``, ``conv_type``); ``{}`` for the paper's D-WASP; None for the DEKR baseline
             (heads on the raw C-channel concat).
         heatmap_channels: width of the heatmap head (32 for W32, 48 for W48).
+        heatmap_blocks: residual BasicBlocks of the heatmap head (1, DEKR's ``HEAD_HEATMAP.NUM_BLOCKS``).
         offset_channels_per_joint: per-joint width of the offset head (15).
         offset_blocks: adaptive blocks per joint (2).
         adaptive_impl: deformable-conv kernel, ``"auto" | "torchvision" | "torch"`` (see ``set_adaptive_impl``).
+        adaptive_basis: ``"regular"`` (default) or ``"stored"``: per-joint tap bases saved with the weights
+            (:class:`AdaptiveBlock`; ``bapose-convert dekr`` sets it for DEKR files whose ``regular_matrix`` buffers
+            are not the regular grid).
+        init_from: a checkpoint to start from (a bapose checkpoint, a converted or raw DEKR file): after the
+            initialisation, every layer whose weights fit is loaded from it and one log line names what was loaded
+            and what was not (:func:`bapose.init_from.init_from_checkpoint`). Loading a trained checkpoint of this
+            net (``bapose.load_model``, resume) ignores it.
 
     Input ``(B, 3, H, W)`` float in [0, 1], H and W multiples of 32 (normalised with ImageNet mean/std inside).
     Output ``(heatmaps (B, K+1, H/4, W/4), offsets (B, 2K, H/4, W/4))``: the center heatmap last, offsets
@@ -50,9 +58,10 @@ class BAPoseNet(nn.Module):
     size_divisor = 32
 
     def __init__(self, backbone: str = "hrnet_w32", pretrained: bool = False, num_keypoints: int = 17,
-                 decoder: Mapping[str, Any] | None = None, heatmap_channels: int = 32,
+                 decoder: Mapping[str, Any] | None = None, heatmap_channels: int = 32, heatmap_blocks: int = 1,
                  offset_channels_per_joint: int = 15, offset_blocks: int = 2,
-                 adaptive_impl: AdaptiveImpl = "auto") -> None:
+                 adaptive_impl: AdaptiveImpl = "auto", adaptive_basis: AdaptiveBasis = "regular",
+                 init_from: str | None = None) -> None:
         super().__init__()
         if int(num_keypoints) < 1:
             raise ConfigError(f"field 'model.num_keypoints': expected a positive joint count, got {num_keypoints}")
@@ -71,10 +80,15 @@ class BAPoseNet(nn.Module):
                                   f"got {type(decoder).__name__}")
             self.decoder = DWASP(self.backbone.out_channels, self.backbone.low_level_channels, **dict(decoder))
             head_in = self.decoder.out_channels
-        self.heatmap_head = HeatmapHead(head_in, self.num_keypoints, heatmap_channels)
+        self.heatmap_head = HeatmapHead(head_in, self.num_keypoints, heatmap_channels, heatmap_blocks)
         self.offset_head = OffsetHead(head_in, self.num_keypoints, offset_channels_per_joint, offset_blocks,
-                                      adaptive_impl)
+                                      adaptive_impl, adaptive_basis)
         self._init_weights()
+        self.init_report = None
+        if init_from:
+            from bapose.init_from import init_from_checkpoint  # local: it reads checkpoints (and DEKR files)
+
+            self.init_report = init_from_checkpoint(self, init_from)
 
     @property
     def name(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bapose.models.adaptive import AdaptiveBlock, AdaptiveImpl
+from bapose.models.adaptive import AdaptiveBasis, AdaptiveBlock, AdaptiveImpl
 from bapose.models.dwasp import conv_bn_relu
 
 
@@ -50,11 +50,11 @@ class OffsetHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_keypoints: int, channels_per_joint: int = 15, num_blocks: int = 2,
-                 impl: AdaptiveImpl = "auto") -> None:
+                 impl: AdaptiveImpl = "auto", basis: AdaptiveBasis = "regular") -> None:
         super().__init__()
         k, c = num_keypoints, channels_per_joint
         self.transition = conv_bn_relu(in_channels, k * c, 1)
-        self.blocks = nn.Sequential(*(AdaptiveBlock(c, groups=k, impl=impl) for _ in range(num_blocks)))
+        self.blocks = nn.Sequential(*(AdaptiveBlock(c, groups=k, impl=impl, basis=basis) for _ in range(num_blocks)))
         self.final = nn.Conv2d(k * c, 2 * k, 1, groups=k)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -167,7 +167,7 @@ def _describe(keys: Iterable[str], limit: int = 8) -> str:
 
 
 # model config keys that change how a net runs or starts, never the shape of its weights: not reported as differences
-_WEIGHT_NEUTRAL_MODEL_KEYS = frozenset({"pretrained", "adaptive_impl", "_convert_"})
+_WEIGHT_NEUTRAL_MODEL_KEYS = frozenset({"pretrained", "adaptive_impl", "_convert_", "init_from"})
 
 
 def diff_model_config(expected: Any, found: Any, prefix: str = "model", limit: int = 6) -> list[str]:
