@@ -233,7 +233,9 @@ def job_processes(cfg: DictConfig) -> int:
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
                               enable_progress_bar=False, enable_model_summary=False)
     strategy = trainer.strategy
-    if not isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher):
+    environment = getattr(strategy, "cluster_environment", None)
+    if not isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher) or environment is None \
+            or environment.creates_processes_externally:  # torchrun, SLURM tasks, MPI: the ranks already exist
         return 0
     if int(trainer.num_nodes) > 1:
         raise ConfigError(f"trainer field 'num_nodes' is {trainer.num_nodes} in a multirun job on one machine; "
