@@ -10,7 +10,8 @@ Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``
 * ``${bapose.run_id:<run_id>}`` — the name of a single run's folder (``hydra.run.dir``), the same in every process of
   the run: the explicit ``run_id``; else ``slurm-<job id>[_<array task>]-<hash of the overrides>`` under SLURM (a
   requeued job comes back to its folder); else ``torchrun-<rendezvous id>`` under torchrun; else a timestamp.
-* ``${bapose.rank_suffix:}`` — ``""`` in the process of global rank 0, ``_rank<N>`` in the others (per-rank log files).
+* ``${bapose.rank_suffix:}`` — ``""`` in the process of global rank 0, ``_rank<N>`` in the others (per-rank log files);
+  ``${bapose.on_rank_zero:x}`` — ``x`` on rank 0, ``None`` elsewhere.
 
 The processes a multirun job launches for itself (``bapose.training.runs``) get their W&B name and group through the
 ``BAPOSE_RUN_NAME`` / ``BAPOSE_RUN_GROUP`` environment variables, which take precedence.
@@ -101,6 +102,12 @@ def process_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+def on_rank_zero(value: Any) -> Any:
+    """``value`` in the process of global rank 0, ``None`` in the others (e.g. ``hydra.output_subdir``: under srun or
+    torchrun every rank composes the run, only one writes the run folder's ``.hydra/``)."""
+    return value if process_rank() == 0 else None
+
+
 def rank_suffix() -> str:
     """``""`` on global rank 0, ``_rank<N>`` elsewhere: every process of a DDP run logs to its own file."""
     rank = process_rank()
@@ -154,7 +161,7 @@ def register_resolvers() -> None:
     """Register the ``bapose.*`` OmegaConf resolvers (idempotent)."""
     for name, fn in (("bapose.wandb_offline", wandb_offline), ("bapose.run_group", run_group),
                      ("bapose.run_name", run_name), ("bapose.run_id", run_folder_name),
-                     ("bapose.rank_suffix", rank_suffix)):
+                     ("bapose.rank_suffix", rank_suffix), ("bapose.on_rank_zero", on_rank_zero)):
         if not OmegaConf.has_resolver(name):
             # run_id: resolved once per process (hydra.run.dir is read several times while Hydra sets up a run)
             OmegaConf.register_new_resolver(name, fn, use_cache=name == "bapose.run_id")
