@@ -108,7 +108,8 @@ def test_ddp_cpu_fits_validates_and_resumes_like_one_process(tmp_path):
 
     # started again with the same identity: finds its folder, resumes at step 2, finishes the 2-epoch schedule
     second = _bapose_train([*FIT, "run_id=ddp-a", "trainer.max_epochs=2", *spy], tmp_path)
-    assert re.search(r"resumed from '[^']*ddp-a/checkpoints/last\.ckpt': epoch 1, global step 2,", second), second[-3000:]
+    resumed = r"resumed from '[^']*ddp-a/checkpoints/last\.ckpt': epoch \d, global step 2,"
+    assert re.search(resumed, second), second[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["epoch"] == 2
     # one log file per process
@@ -118,8 +119,9 @@ def test_ddp_cpu_fits_validates_and_resumes_like_one_process(tmp_path):
 
     # the same best checkpoint scored by one process: the same people, hence the same AP
     torch.set_num_threads(1)
-    ev = compose_config([f"ckpt_path={metrics['best_model_path']}", *[o for o in FIT if o.startswith(("data.", "codec."))]],
-                        config_name="eval", output_dir=tmp_path / "eval")
+    data = [o for o in FIT if o.startswith(("data.", "codec."))]
+    ev = compose_config([f"ckpt_path={metrics['best_model_path']}", *data], config_name="eval",
+                        output_dir=tmp_path / "eval")
     single = evaluate(ev)
     for k in ("AP", "AP50", "AR"):
         assert single[f"val/{k}"] == pytest.approx(metrics[f"val/{k}"], abs=1e-6)

@@ -189,3 +189,18 @@ def test_job_processes_counts_what_lightning_would_start_itself(no_launcher):
 
 def test_rank_command_quotes_the_job_folder():
     assert runs._quote("/a/b'c,d=e") == "'/a/b\\'c,d=e'"
+
+
+@pytest.mark.slow
+def test_a_failing_rank_of_a_multirun_jobs_processes_is_reported_and_the_sweep_process_keeps_its_signals(
+        tmp_path, monkeypatch):
+    import signal
+
+    # the job's command replaced by one whose rank 1 fails: what torch's elastic launcher reports, what we raise
+    script = "import os, sys, time; time.sleep(0.2); sys.exit(3 if os.environ['RANK'] == '1' else 0)"
+    monkeypatch.setattr(runs, "rank_command", lambda module, job_dir: ["-c", script])
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(runs.JobProcessesFailed, match=r"rank 1 exited with code 3 \(per-rank output in"):
+        runs.launch_job_processes(2, "unused", tmp_path / "job")
+    assert signal.getsignal(signal.SIGTERM) is before  # torch's agent replaced it while the job ran
+    assert len(list((tmp_path / "job" / "ranks").rglob("stderr.log"))) == 2

@@ -53,7 +53,7 @@ def test_multirun_width_x_dilations_gives_four_runs_with_own_wandb(tmp_path):
     assert len(run_dirs) == 4
 
 
-# ---------------------------------------------------------------------------------------------------- DDP jobs, failures
+# --------------------------------------------------------------------------------------------- DDP jobs, failures
 def _multirun(args: list[str], tmp_path: Path, timeout: int = 500) -> tuple[subprocess.CompletedProcess, str]:
     exe = Path(sys.executable).parent / "bapose-train"
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "WANDB_MODE": "offline",

@@ -75,7 +75,7 @@ class BAPoseModule(L.LightningModule):
         scheduler: partial of an LR scheduler taking the optimizer, or ``None``.
         scheduler_interval: ``"epoch"`` (the paper's step schedule) or ``"step"``.
         warmup_steps: linear LR warm-up over the first optimizer steps (``LinearLR`` chained with the scheduler: it
-            multiplies the scheduled LR by ``(step + 1) / warmup_steps``; 0 = off). See :mod:`bapose.training.schedules`.
+            multiplies the scheduled LR by ``(step + 1) / warmup_steps``; 0 = off). :mod:`bapose.training.schedules`.
         ema_decay: keep an EMA copy of the weights with this decay (timm's ``ModelEmaV3``, decay warmed up over the
             first steps; used for validation/test and saved as ``ema.module.*``); ``None`` = off.
         compile: ``torch.compile`` the net (in place, so checkpoint keys do not change).

@@ -51,9 +51,9 @@ def lr_scheduler_configs(optimizer: Optimizer, scheduler_factory: Callable[..., 
         scheduler = scheduler_factory(optimizer=optimizer)
         if warmup_steps > 1 and isinstance(scheduler, _NOT_CHAINABLE):
             raise ConfigError(f"module: field 'warmup_steps' is {warmup_steps} but scheduler "
-                              f"{type(scheduler).__name__} sets the LR from its own base LR and would undo the warm-up; "
-                              f"expected a scheduler that scales the current LR (MultiStepLR, StepLR, CosineAnnealingLR, "
-                              f"ExponentialLR, PolynomialLR, ...) or module.warmup_steps=0")
+                              f"{type(scheduler).__name__} sets the LR from its own base LR and would undo the "
+                              f"warm-up; expected a scheduler that scales the current LR (MultiStepLR, StepLR, "
+                              f"CosineAnnealingLR, ExponentialLR, PolynomialLR, ...) or module.warmup_steps=0")
         configs.append({"scheduler": scheduler, "interval": interval, "frequency": 1, "name": name})
     if warmup_steps > 1:
         # factor (s + 1) / W at optimizer step s: LinearLR's start_factor at its step 0, 1.0 from step W - 1 on

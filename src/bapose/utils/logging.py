@@ -10,7 +10,7 @@ Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``
 * ``${bapose.run_id:<run_id>}`` — the name of a single run's folder (``hydra.run.dir``), the same in every process of
   the run: the explicit ``run_id``; else ``slurm-<job id>[_<array task>]-<hash of the overrides>`` under SLURM (a
   requeued job comes back to its folder); else ``torchrun-<rendezvous id>`` under torchrun; else a timestamp.
-* ``${bapose.rank_suffix:}`` — ``""`` in the process of global rank 0, ``_rank<N>`` in the others (per-rank log files);
+* ``${bapose.rank_suffix:}`` — ``""`` on global rank 0, ``_rank<N>`` in the other processes (per-rank log files);
   ``${bapose.on_rank_zero:x}`` — ``x`` on rank 0, ``None`` elsewhere.
 
 The processes a multirun job launches for itself (``bapose.training.runs``) get their W&B name and group through the
