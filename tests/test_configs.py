@@ -45,8 +45,11 @@ def test_experiment_composes_and_instantiates(name, tmp_path):
     assert isinstance(module, BAPoseModule) and module.net.num_keypoints == cfg.data.num_keypoints
     assert module.model_config["backbone"] == cfg.model.backbone
     opt = module.configure_optimizers()
-    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
-    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    # a dict (one scheduler), or Lightning's ([optimizer], [scheduler, warm-up]) form with module.warmup_steps
+    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt[0][0] if isinstance(opt, tuple) else opt
+    group = optimizer.param_groups[0]
+    assert group.get("initial_lr", group["lr"]) == cfg.optimizer.lr
+    assert group["lr"] == pytest.approx(cfg.optimizer.lr / max(1, cfg.module.warmup_steps))  # warm-up step 0
     if name == "demo":  # the demo must run as configured: one forward at its input size gives the contract shapes
         with torch.no_grad():
             hm, off = module.eval()(torch.zeros(1, 3, size, size, dtype=torch.uint8))
@@ -73,7 +76,9 @@ def test_loggers_and_callbacks_compose(tmp_path, monkeypatch):
     cfg = compose_config([], output_dir=tmp_path)
     assert set(cfg.logger) == {"csv", "wandb"} and cfg.logger.wandb.log_model is False
     assert cfg.callbacks.model_checkpoint.monitor == "val/AP" and cfg.callbacks.model_checkpoint.mode == "max"
-    assert cfg.callbacks.last_checkpoint.save_last is True
+    # last.ckpt is the last_checkpoint callback's one file, rewritten at every epoch end (and every N steps)
+    last = cfg.callbacks.last_checkpoint
+    assert last.filename == "last" and last.save_top_k == 1 and last.monitor is None and last.save_on_train_epoch_end
     assert compose_config(["logger=[csv]"], output_dir=tmp_path).logger.keys() == {"csv"}
 
 

@@ -151,12 +151,15 @@ def test_compute_gathers_ranks_and_drops_padded_repeats(coco_sample: Path, monke
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 0)
 
-    def all_gather_object(out: list, obj: object) -> None:
+    def gather_object(obj: object, out: list | None, dst: int = 0) -> None:  # one gather, to rank 0
+        assert dst == 0 and out is not None
         out[0], out[1] = obj, list(ev1._results.items())
 
-    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(dist, "gather_object", gather_object)
     monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src=0: None)
     assert round(ev0.compute()["AP"], 4) == REFERENCE["AP"]
+    # rank 0 keeps what it gathered (val_results.json / results.json): every image once
+    assert sorted(ev0.gathered) == ids and ev0.gathered[ids[0]] == ev0._results[ids[0]]
 
 
 def test_empty_results_warn_and_score_zero(coco_sample: Path) -> None:

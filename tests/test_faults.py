@@ -488,21 +488,25 @@ SHRUNK_DEMO = [
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
-    run = tmp_path / "run"
-    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1",
-           "WANDB_MODE": "offline", "BAPOSE_CACHE": str(tmp_path / "cache")}
-    cmd = [str(TRAIN_CLI), *SHRUNK_DEMO, f"hydra.run.dir={run}"]
-    last = run / "checkpoints" / "last.ckpt"
+def test_sigkill_mid_epoch_then_requeue_with_the_same_slurm_job_id_resumes(tmp_path):
+    """A job killed after its first checkpoint and started again with the same command and SLURM_JOB_ID (what a
+    requeue does) finds its run folder, resumes from last.ckpt automatically and ends at the uninterrupted schedule's
+    last step."""
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("SLURM_")},
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "BAPOSE_CACHE": str(tmp_path / "cache"),
+           "BAPOSE_ROOT": str(tmp_path), "SLURM_JOB_ID": "4242"}
+    cmd = [str(TRAIN_CLI), *SHRUNK_DEMO]  # no run folder given: the SLURM job names it
+    runs = tmp_path / "outputs" / "train" / "runs"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
         try:
-            deadline = time.monotonic() + 50
+            deadline = time.monotonic() + 90
             seen = -1
             while proc.poll() is None and time.monotonic() < deadline:
                 # saves are atomic renames: last.ckpt is either absent or a whole checkpoint
-                if last.is_file():
-                    seen = load_checkpoint_safely(last)["global_step"]
+                found = sorted(runs.glob("slurm-4242-*/checkpoints/last.ckpt"))
+                if found:
+                    seen = load_checkpoint_safely(found[0])["global_step"]
                     if seen >= 2:
                         break
                 time.sleep(0.05)
@@ -514,6 +518,8 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
                 proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    (run,) = runs.iterdir()
+    last = run / "checkpoints" / "last.ckpt"
     # a killed job cannot write its end: status.json still says running (a report lists it as unfinished)
     assert json.loads((run / "status.json").read_text())["status"] == "running"
     ckpt = load_checkpoint_safely(last)  # right after the kill: whole and loadable
@@ -523,16 +529,18 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
     lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
     assert sched["last_epoch"] == step  # a per-step scheduler: its position is the step
 
-    done = subprocess.run([*cmd, "ckpt_path=last"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env=env)
+    # the requeue: the very same command and SLURM_JOB_ID, no ckpt_path
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
+    assert [p.name for p in runs.iterdir()] == [run.name]  # the same folder, no second run
     m = re.search(r"resumed from '([^']+)': epoch (\d+), global step (\d+), lr (\S+), scheduler last_epoch (\d+)", out)
     assert m, out[-3000:]
     assert Path(m[1]) == last and int(m[2]) == ckpt["epoch"] == step // STEPS_PER_EPOCH
     assert int(m[3]) == step  # not 0
     assert int(m[5]) == sched["last_epoch"] and float(m[4]) == pytest.approx(lr, rel=1e-5)
-    assert lr == pytest.approx(2e-3 * 0.1 ** sum(step >= s for s in (3, 6, 9)))
+    # the LR in the optimizer is the LR used: the step schedule times the demo's 60-step linear warm-up
+    assert lr == pytest.approx(2e-3 * 0.1 ** sum(step >= s for s in (3, 6, 9)) * min(1.0, (step + 1) / 60))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epoch"] == 2
     status = json.loads((run / "status.json").read_text())

@@ -98,3 +98,30 @@ def test_to_original_numpy_and_torch_agree() -> None:
     out = to_original(p, a)
     np.testing.assert_allclose(out, [[[2.5, 4.5, 0.7], [6.5, 8.5, 0.1]]])
     torch.testing.assert_close(to_original(torch.from_numpy(p), torch.from_numpy(a)), torch.from_numpy(out))
+
+
+@pytest.mark.parametrize("grid", [64, 256, 320, 512])
+@pytest.mark.parametrize("flip", [False, True])
+def test_bf16_outputs_decode_like_fp32_at_every_grid_size(grid: int, flip: bool) -> None:
+    """A bf16 net (the gpu / ddp presets) and an fp32 net with the same outputs give the same people: inference
+    decodes in float32. In bf16 a grid column above 256 is not representable (171 is, 301 becomes 300)."""
+    codec = BAPoseCodec(input_size=grid * 4, center_threshold=0.0, max_people=6)
+    g = torch.Generator().manual_seed(grid)
+    heat = torch.rand(1, K + 1, grid, grid, generator=g) * 0.05
+    cols = [min(grid - 2, c) for c in (5, 171, 255, 301, 437, 509)]
+    rows = torch.randint(2, grid - 2, (len(cols),), generator=g).tolist()
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        heat[0, K, r, c] = 1.0 - 0.05 * i  # centres, strongest first
+    # sub-pixel offsets, exactly representable in bf16 (so both nets return the very same numbers)
+    offsets = (torch.randint(-64, 64, (1, 2 * K, grid, grid), generator=g) * 0.25).float()
+    outputs = (heat.bfloat16().float(), offsets.bfloat16().float())
+
+    def net(dtype):
+        return lambda images: tuple(t.to(dtype) for t in outputs)
+
+    images = torch.zeros(1, 3, grid * 4, grid * 4)
+    ref = predict(net(torch.float32), images, codec, meta=META, flip=flip)[0]
+    half = predict(net(torch.bfloat16), images, codec, meta=META, flip=flip)[0]
+    assert ref.poses.dtype == half.poses.dtype == torch.float32 and len(ref.scores) == len(cols)
+    assert float((ref.poses[..., :2] - half.poses[..., :2]).abs().max()) < 0.1  # input pixels
+    torch.testing.assert_close(half.scores, ref.scores, rtol=0, atol=1e-6)

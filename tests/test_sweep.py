@@ -1,10 +1,12 @@
-"""A Hydra multirun (2 backbones x 2 D-WASP dilation sets) runs 4 jobs, each with its own offline W&B run."""
+"""Hydra multiruns: 2 backbones x 2 D-WASP dilation sets run 4 jobs, each with its own offline W&B run; jobs that are
+themselves 2-process DDP runs; a failed job recorded without ending the sweep; an Optuna study in sqlite."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,97 @@ def test_multirun_width_x_dilations_gives_four_runs_with_own_wandb(tmp_path):
         assert f"-{sweep_dir.name}".encode() in log_file.read_bytes()
     assert combos == {(b, tuple(d)) for b, d in itertools.product(BACKBONES, DILATIONS)}
     assert len(run_dirs) == 4
+
+
+# --------------------------------------------------------------------------------------------- DDP jobs, failures
+def _multirun(args: list[str], tmp_path: Path, timeout: int = 500) -> tuple[subprocess.CompletedProcess, str]:
+    exe = Path(sys.executable).parent / "bapose-train"
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    return proc, proc.stdout + proc.stderr
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The records of an offline W&B run (``run-*.wandb``: W&B's LevelDB-style log of protobuf ``Record``s)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, buf, out = path.read_bytes(), 7, 32768, b"", []  # 7-byte file header, 32 KiB blocks
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+        elif kind == 0:
+            buf = b""
+    return out
+
+
+@pytest.mark.slow
+def test_multirun_of_ddp_jobs_starts_each_job_once_and_the_sweep_once(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc, out = _multirun(["-m", "debug=fast_dev_run", *TINY, "logger=[csv]", "model=dekr_w18s", "trainer=ddp_cpu",
+                           "trainer.devices=2", "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert proc.returncode == 0, out[-4000:]
+    # Lightning re-runs the command line for rank 1: inside -m that once started the whole sweep again
+    assert out.count("Launching 2 jobs locally") == 1
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job, lr in zip(jobs, (0.001, 0.002)):
+        folder = sweep_dir / job
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["global_step"] == 1 and json.loads((folder / "status.json").read_text())["status"] == "finished"
+        assert yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] == lr
+        # each job ran as 2 processes of its own (per-rank Hydra logs, per-rank output of the launcher)
+        assert "global batch 4 = 2 per process x 2 processes" in (folder / "debug.log").read_text()
+        assert "process rank 1 of 2" in (folder / "debug_rank1.log").read_text()
+        assert len(list((folder / "ranks").rglob("stdout.log"))) == 2
+    assert json.loads((sweep_dir / "sweep_status.json").read_text())["finished"] == 2
+
+
+@pytest.mark.slow
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # job 0 fails inside fit (Adam refuses a negative LR), after its W&B run started
+    proc, out = _multirun(["-m", "debug=fast_dev_run", *TINY, "optimizer.lr=-1,0.001", f"hydra.sweep.dir={sweep_dir}"],
+                          tmp_path)
+    assert proc.returncode == 1, out[-4000:]  # the exit status counts the failed jobs
+    failed = json.loads((sweep_dir / "0" / "status.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "ValueError: Invalid learning rate: -1"
+    assert json.loads((sweep_dir / "1" / "status.json").read_text())["status"] == "finished"
+    assert 0.0 <= json.loads((sweep_dir / "1" / "metrics.json").read_text())["val/AP"] <= 1.0
+    summary = json.loads((sweep_dir / "sweep_status.json").read_text())
+    assert summary["jobs"] == 2 and [j["job"] for j in summary["failed"]] == ["0"]
+    assert "1 of 2 jobs failed" in out and "job 0 (failed): ValueError: Invalid learning rate: -1" in out
+    # W&B: each run named after its sweep job, in the sweep's group; the failed one finished with exit code 1
+    for job, code in (("0", 1), ("1", 0)):
+        records = wandb_records(sweep_dir / job)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.display_name.startswith(f"{job}-") and f"optimizer.lr={'-1' if job == '0' else '0.001'}" in \
+            run.display_name and run.run_group == f"train-{sweep_dir.name}"
+        assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [code]
+
+
+@pytest.mark.slow
+def test_optuna_study_in_sqlite_completes_trials_and_marks_the_failed_one(tmp_path):
+    import optuna
+
+    db = tmp_path / "optuna.db"
+    # with the sampler's seed 1230 the three trials draw lr = -1 (fails), 0.001, 0.001
+    proc, out = _multirun(["sweep=optuna", "debug=fast_dev_run", *TINY, "logger=[csv]", "hydra.sweeper.n_trials=3",
+                           "hydra.sweeper.sampler.seed=1230", f"hydra.sweeper.storage=sqlite:///{db}",
+                           'hydra.sweeper.params={optimizer.lr:"choice(0.001,-1.0)"}',
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert proc.returncode == 1, out[-4000:]  # one failed trial
+    study = optuna.load_study(study_name="bapose", storage=f"sqlite:///{db}")
+    states = [(t.state.name, t.params["optimizer.lr"]) for t in study.trials]
+    assert states == [("FAIL", -1.0), ("COMPLETE", 0.001), ("COMPLETE", 0.001)]
+    assert all(0.0 <= t.value <= 1.0 for t in study.trials if t.state.name == "COMPLETE")

@@ -13,8 +13,8 @@ from torch import nn
 
 from bapose.cli.evaluate import evaluate
 from bapose.cli.train import compose_config, train
-from bapose.errors import CheckpointError
-from bapose.training import BAPoseLoss, BAPoseModule, ModelEMA, NonFiniteLossError
+from bapose.errors import CheckpointError, ConfigError
+from bapose.training import BAPoseLoss, BAPoseModule, NonFiniteLossError
 from bapose.utils.checkpoint import load_checkpoint_safely
 
 # the real configs, shrunk: 64 px generated images, a handful of them, no workers, CSV logging only
@@ -102,8 +102,9 @@ def _module(**kw) -> BAPoseModule:
 
 
 def _fit(module, data, tmp_path, **trainer_kw):
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, **trainer_kw)
+    kw = {"logger": False, "enable_checkpointing": False, **trainer_kw}
+    trainer = L.Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, **kw)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1))
     return trainer
 
@@ -148,34 +149,78 @@ def test_checkpoint_with_nonfinite_weights_is_refused():
         module.on_save_checkpoint({"state_dict": module.state_dict()})
 
 
-def test_warmup_scales_lr_for_the_step_only(tmp_path):
+def test_warmup_is_a_torch_scheduler_the_lr_monitor_sees(tmp_path):
     seen = []
 
     class Spy(L.Callback):
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             seen.append(optimizer.param_groups[0]["lr"])
 
+    monitor = L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")
     module = _module(warmup_steps=4)
-    trainer = _fit(module, _Batches(3), tmp_path, max_epochs=1, callbacks=[Spy()])
-    assert seen == pytest.approx([0.025, 0.05, 0.075])
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)  # the schedule's own LR is untouched
+    trainer = _fit(module, _Batches(5), tmp_path, max_epochs=1, callbacks=[Spy(), monitor], log_every_n_steps=1,
+                   logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    # (s + 1) / 4 of the LR at step s, then the full LR: the LR the optimizer steps with ...
+    assert seen == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    # ... is the one Lightning's LR monitor logs (one series for the one optimizer), and a torch LinearLR holds it
+    assert monitor.lrs["lr-SGD"] == pytest.approx(seen)
+    assert [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs] == ["LinearLR"]
 
 
-def test_ema_tracks_weights_and_is_used_for_eval(tmp_path):
-    net = TinyNet()
-    ema = ModelEMA(net, decay=0.5)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(1.0)
-    old = [p.clone() for p in ema.module.parameters()]
-    ema.update(net)  # first update: decay min(0.5, 1/10) = 0.1
-    for o, p, q in zip(old, ema.module.parameters(), net.parameters()):
-        torch.testing.assert_close(p, 0.1 * o + 0.9 * q)
+def test_warmup_chains_with_an_epoch_schedule_and_resumes(tmp_path):
+    # per-step warm-up over 3 steps x per-epoch MultiStepLR (x0.1 after epoch 0): 2 steps per epoch
+    sched = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1], gamma=0.1)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0,
+                                             save_on_train_epoch_end=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, max_epochs=1, callbacks=[Spy(), ck])
+    trainer.fit(_module(warmup_steps=3, scheduler=sched), torch.utils.data.DataLoader(_Batches(2), batch_size=1))
+    assert seen == pytest.approx([0.1 / 3, 0.2 / 3])
+    # resumed from the epoch-0 checkpoint: the warm-up goes on at step 2 on top of the decayed epoch LR
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, max_epochs=2, callbacks=[Spy()])
+    trainer.fit(_module(warmup_steps=3, scheduler=sched), torch.utils.data.DataLoader(_Batches(2), batch_size=1),
+                ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert seen[2:] == pytest.approx([0.01, 0.01])
+    names = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
+    assert names == ["MultiStepLR", "LinearLR"]  # the configured schedule first: its position is what a resume logs
+
+
+def test_warmup_refuses_a_scheduler_that_would_undo_it():
+    sched = functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda e: 1.0)
+    module = _module(warmup_steps=3, scheduler=sched)
+    with pytest.raises(ConfigError, match=r"warmup_steps.*LambdaLR"):
+        module.configure_optimizers()
+
+
+def test_ema_is_timms_model_ema_and_is_used_for_eval(tmp_path):
+    from timm.utils import ModelEmaV3
+
     module = _module(ema_decay=0.9)
-    assert module.eval_net is module.ema.module
-    _fit(module, _Batches(2), tmp_path, max_epochs=1)
-    assert int(module.ema.num_updates) == 2
-    assert not torch.equal(module.ema.module.conv.weight, module.net.conv.weight)
+    assert isinstance(module.ema, ModelEmaV3) and module.eval_net is module.ema.module
+    init = {k: v.clone() for k, v in module.net.state_dict().items()}
+    _fit(module, _Batches(3), tmp_path, max_epochs=1)
+    # first update copies the net (decay 0 at step 1), then decay 1 - 2^-0.75 at step 2, 1 - 3^-0.75 at step 3
+    ema_w, net_w = module.ema.module.conv.weight, module.net.conv.weight
+    assert not torch.equal(ema_w, net_w) and not torch.equal(ema_w, init["conv.weight"])
+    # BatchNorm statistics are copied, not averaged
+    torch.testing.assert_close(module.ema.module.bn.running_mean, module.net.bn.running_mean)
+    # checkpoints keep the EMA weights under ema.module.* (what bapose.load_model prefers)
+    state = module.state_dict()
+    assert "ema.module.conv.weight" in state and not any(k.startswith("ema.") and "module" not in k for k in state)
+
+
+def test_ema_checkpoint_of_the_hand_written_ema_still_loads(tmp_path):
+    module = _module(ema_decay=0.9)
+    ckpt = {"state_dict": {**module.state_dict(), "ema.num_updates": torch.tensor(7)}, "bapose": {}}
+    module.on_load_checkpoint(ckpt)  # the legacy counter is dropped before Lightning's strict load
+    module.load_state_dict(ckpt["state_dict"], strict=True)
 
 
 # ---------------------------------------------------------------------------------------------------- real config

@@ -29,7 +29,10 @@ def mirror(images: Tensor, shift: int = 0) -> Tensor:
 
 def _run(net: Net, images: Tensor, flip: bool, flip_index: Sequence[int], flip_shift: int = 0
          ) -> tuple[Tensor, Tensor]:
-    heatmaps, offsets = net(images)
+    """Net outputs in float32, flip-merged when asked. Cast once, here, whatever the net's dtype: under bf16 / fp16
+    autocast, grid positions above 256 (bf16) or 2048 (fp16) are not representable, and averaging the flipped
+    outputs in half precision would lose the sub-pixel offsets the codec decodes."""
+    heatmaps, offsets = (t.float() for t in net(images))
     if flip:
         k = offsets.shape[1] // 2
         if len(flip_index) == k + 1:
@@ -38,7 +41,7 @@ def _run(net: Net, images: Tensor, flip: bool, flip_index: Sequence[int], flip_s
         if len(flip_index) != k:
             raise ConfigError(f"predict: 'flip_index' has {len(flip_index)} entries; expected K={k} or K+1")
         # mirrored image through the net, then mapped back: grid mirrored, left/right joints swapped, x negated
-        hf, of = net(mirror(images, flip_shift))
+        hf, of = (t.float() for t in net(mirror(images, flip_shift)))
         heatmaps, offsets = merge_flip(heatmaps, offsets, hf, of, flip_index)
     return heatmaps, offsets
 

@@ -6,7 +6,10 @@ entry point over ``conf/train.yaml``::
     bapose-train experiment=coco_w32_512 data.root=/data/coco
     bapose-train -m model.decoder.dilations='[1,6,12,18]','[1,3,6,9]' data.input_size=512,640
     bapose-train trainer=ddp trainer.devices=8
+    bapose-train run_id=w32-a                                                  # started again: resumes that run
     bapose-train ckpt_path=last hydra.run.dir=outputs/train/runs/<stamp>     # resume that run
+
+Resuming, the global batch / LR rule, DDP jobs inside a multirun and failed sweep jobs: ``bapose.training.runs``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.errors import BAPoseError, ConfigError, exit_on_error
+from bapose.errors import BAPoseError, ConfigError
 from bapose.paths import config_dir
+from bapose.training import runs
+from bapose.training.runs import resolve_ckpt_path  # noqa: F401 - public here since 0.1 (tests, notebooks)
 
 log = logging.getLogger("bapose")
 
@@ -79,22 +84,6 @@ def instantiate_list(cfg: DictConfig | None) -> list[Any]:
             if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``None`` | ``"last"`` (this run folder's ``checkpoints/last.ckpt``) | a path -> a checkpoint path or None."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"ckpt_path=last: no '{last}'; expected the run folder of the run to resume "
-                              f"(hydra.run.dir=<that run's folder>) or an explicit ckpt_path=<file>")
-        return str(last)
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"field 'ckpt_path': checkpoint file '{path}' does not exist")
-    return str(path)
-
-
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The datamodule of ``cfg.data``, given the ``codec`` group's kwargs (it builds the one codec instance that
     the dataset encodes with and the module decodes with)."""
@@ -112,8 +101,9 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig, codec: Any, **overrides: Any) -> L.LightningModule:
     """Instantiate the net from ``cfg.model`` and wrap it in ``cfg.module`` (no data is touched)."""
     net = instantiate_checked(cfg.model)
-    # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node
-    module = instantiate_checked(cfg.module, _partial_=True)(net=net, codec=codec, **overrides)
+    # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node;
+    # the optimizer node loses bapose's `scale_lr` key (applied by runs.scale_lr_to_global_batch)
+    module = instantiate_checked(runs.module_config(cfg.module), _partial_=True)(net=net, codec=codec, **overrides)
     # stored in every checkpoint so bapose-eval rebuilds exactly this net
     module.model_config = OmegaConf.to_container(cfg.model, resolve=True)
     return module
@@ -180,7 +170,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     try:
         log_config(loggers, cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out_dir))
+        # trainer checks, global batch / LR rule, the checkpoint to resume from (ckpt_path=auto: this folder's last)
+        ckpt_path = runs.prepare_fit(cfg, trainer, module, datamodule, loggers)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", "") else None
@@ -211,31 +203,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
                                         out_dir / "val_predictions.png", int(cfg.get("draw_images", 0) or 0))
             print(f"run folder: {out_dir}" + (f" (predictions drawn in {png.name})" if png else ""), flush=True)
-    finally:
-        blog.finish_loggers(loggers)
+    except BaseException:
+        blog.finish_loggers(loggers, failed=True)  # W&B shows the run as failed (exit code 1)
+        raise
+    blog.finish_loggers(loggers)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry point; returns ``cfg.optimized_metric`` for sweepers (Optuna).
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra task of ``bapose-train``: one run, or one job of a multirun; returns ``cfg.optimized_metric`` for
+    sweepers (Optuna).
 
-    A bapose error (bad data, config or checkpoint; a diverged run) ends the run with its one-line message, not a
-    traceback; ``HYDRA_FULL_ERROR=1`` keeps the traceback.
+    A bapose error (bad data, config or checkpoint; a diverged run) ends a single run with its one-line message, not
+    a traceback (``HYDRA_FULL_ERROR=1`` keeps the traceback); in a multirun the failed job is recorded in its
+    ``status.json`` and the sweep goes on (``bapose.training.runs.run_job``).
     """
-    from hydra.core.hydra_config import HydraConfig
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    return runs.run_job(cfg, train, prog="bapose-train", module="bapose.cli.train", task_name="train")
 
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    # status.json in the run folder: running / finished / failed with the error line (sweep reports read it)
-    with blog.run_status(cfg.paths.output_dir, "train", overrides, write=rank_zero_only.rank == 0) as status:
-        metrics = exit_on_error("bapose-train", lambda: train(cfg))
-        status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    name = cfg.get("optimized_metric")
-    value = metrics.get(name) if name else None
-    if isinstance(value, (int, float)) and np.isfinite(value):
-        return float(value)
-    return None
+
+def main() -> None:
+    """Console entry point ``bapose-train``; after a multirun the exit status is the number of failed jobs."""
+    hydra_main()
+    runs.exit_after_sweep()
 
 
 if __name__ == "__main__":

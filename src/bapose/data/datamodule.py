@@ -8,6 +8,7 @@ created on first use in ``prepare_data`` and only looked up in ``setup``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from bapose.data.dataset import (
@@ -69,8 +71,15 @@ def collate_eval(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker setup: one thread each for torch/cv2, malloc tuned for large per-sample arrays."""
+def worker_init_fn(worker_id: int, rank: int | None = None) -> None:
+    """DataLoader worker setup: Lightning's rank-aware seeding, one thread each for torch/cv2, malloc tuned for large
+    per-sample arrays.
+
+    ``pl_worker_init_function`` (what Lightning installs itself when a loader has no ``worker_init_fn``) seeds torch,
+    ``random`` and numpy from (base seed, worker id, global rank): every DDP rank draws its own augmentations, where
+    the base seed alone (the same on every rank after ``seed_everything``) would give every rank the same draws.
+    """
+    pl_worker_init_function(worker_id, rank=rank)
     configure_worker_process()
 
 
@@ -388,10 +397,12 @@ class BAPoseDataModule(L.LightningDataModule):
         drop_last = train and len(dataset) >= batch_size
         if self.num_workers > 0:
             limit_cv2_threads_before_fork()
+        rank = self.trainer.global_rank if self.trainer is not None else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.persistent_workers,
                           pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval,
-                          worker_init_fn=worker_init_fn if self.num_workers > 0 else None)
+                          worker_init_fn=functools.partial(worker_init_fn, rank=rank) if self.num_workers > 0
+                          else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", train=True)

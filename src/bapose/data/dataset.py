@@ -42,6 +42,16 @@ class KeypointEncoder(Protocol):
                ignore_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
+def _main_process_rank() -> int:
+    """The DDP global rank of a dataset used in the training process itself (no DataLoader worker), else 0: workers
+    are told their rank by the datamodule's worker_init_fn, which reseeds torch."""
+    if torch.utils.data.get_worker_info() is not None:
+        return 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
 def configure_worker_process(threads: int = 1, malloc_cache_mb: int = 128) -> None:
     """Settings for a DataLoader worker (its ``worker_init_fn``; the data benchmark applies it too).
 
@@ -425,11 +435,14 @@ class CocoKeypointDataset(Dataset):
 
     def _rng(self) -> np.random.Generator:
         """This process's augmentation stream, seeded from torch's seed: DataLoader workers get distinct seeds
-        (base seed + worker id, fixed by Lightning's ``seed_everything``), so draws differ across workers and
-        epochs yet are reproducible; a forked worker notices the new seed and restarts the stream."""
+        (the datamodule's worker_init_fn mixes base seed, worker id and DDP rank, as Lightning does), so draws differ
+        across workers, ranks and epochs yet are reproducible; a forked worker notices the new seed and restarts the
+        stream. Without workers (num_workers=0) the main process of every DDP rank has the same torch seed after
+        ``seed_everything``: its rank is mixed in here (rank 0 keeps the plain seed)."""
         seed = torch.initial_seed()
         if self._rng_seed != seed:
-            self._rng_state = np.random.default_rng(seed)
+            rank = _main_process_rank()
+            self._rng_state = np.random.default_rng(seed if rank == 0 else [seed, rank])
             self._rng_seed = seed
         return self._rng_state
 

@@ -32,6 +32,11 @@ CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_med
 CROWD_SPLITS = (("AP_easy", -math.inf, 0.2), ("AP_medium", 0.2, 0.8), ("AP_hard", 0.8, math.inf))
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy()
@@ -304,6 +309,7 @@ class KeypointEvaluator:
     # ------------------------------------------------------------------ accumulation
     def reset(self) -> None:
         self._results: dict[int, list[dict]] = {}
+        self.gathered: dict[int, list[dict]] = {}
 
     def update(self, image_ids: Sequence[int], poses: Sequence[Any], scores: Sequence[Any]) -> None:
         """Add the people of several images; poses ``(M, K, 3)`` in original image pixels, scores ``(M,)``.
@@ -347,12 +353,15 @@ class KeypointEvaluator:
         self.update(ids, [np.stack(per_image[i][0]) for i in ids], [np.asarray(per_image[i][1]) for i in ids])
 
     # ------------------------------------------------------------------ scoring
-    def _gather(self) -> dict[int, list[dict]]:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-                and torch.distributed.get_world_size() > 1):
+    def _gather(self) -> dict[int, list[dict]] | None:
+        """Every rank's results, merged on rank 0 (one ``gather_object``; other ranks get ``None``)."""
+        if not _distributed():
             return self._results
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, list(self._results.items()))
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        parts: list[Any] | None = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(list(self._results.items()), parts, dst=0)
+        if rank != 0:
+            return None
         merged: dict[int, list[dict]] = {}
         for part in parts:
             for img, res in part:
@@ -360,14 +369,19 @@ class KeypointEvaluator:
         return merged
 
     def compute(self) -> dict[str, float]:
-        """Gather over ranks, score once (rank 0), return the same stats dict on every rank."""
+        """Gather over ranks to rank 0 (once), score there, return the same stats dict on every rank.
+
+        Rank 0 keeps the merged results in :attr:`gathered` (``{image id: [COCO result, ...]}``) for callers that
+        write them out; the other ranks hold ``{}`` there.
+        """
         merged = self._gather()
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1
         stats = None
-        if not distributed or torch.distributed.get_rank() == 0:
+        if merged is not None:
+            self.gathered = merged
             stats = self.score(merged)
-        if distributed:
+        else:
+            self.gathered = {}
+        if _distributed():
             box = [stats]
             torch.distributed.broadcast_object_list(box, src=0)
             stats = box[0]

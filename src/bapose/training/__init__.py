@@ -1,7 +1,6 @@
-"""Training: the LightningModule, the loss, EMA and drawing of validation predictions."""
+"""Training: the LightningModule, the loss, LR schedules and the run machinery (resume, sweeps, DDP jobs)."""
 
-from bapose.training.ema import ModelEMA
 from bapose.training.loss import BAPoseLoss
 from bapose.training.module import BAPoseModule, NonFiniteLossError
 
-__all__ = ["BAPoseLoss", "BAPoseModule", "ModelEMA", "NonFiniteLossError"]
+__all__ = ["BAPoseLoss", "BAPoseModule", "NonFiniteLossError"]

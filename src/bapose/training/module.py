@@ -18,10 +18,9 @@ from torch.optim.lr_scheduler import LRScheduler
 import bapose
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
-from bapose.evaluation import to_coco_results
 from bapose.inference import predict, to_original
-from bapose.training.ema import ModelEMA
 from bapose.training.loss import BAPoseLoss
+from bapose.training.schedules import lr_scheduler_configs
 from bapose.utils.checkpoint import assert_finite_state, check_state_dict_compatible
 
 log = logging.getLogger("bapose")
@@ -34,6 +33,21 @@ class NonFiniteLossError(BAPoseError, RuntimeError):
 def images_to_float(images: Tensor) -> Tensor:
     """uint8 ``(B, 3, H, W)`` in [0, 255] -> float32 in [0, 1]; float input is passed through (the net normalises)."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def _make_ema(net: nn.Module, decay: float) -> nn.Module:
+    """timm's ``ModelEmaV3`` of ``net``: parameters averaged, buffers (BatchNorm statistics, already running averages)
+    copied; the decay ramps up as ``1 - (1 + step) ** -0.75`` to ``decay`` (0.999 after ~10k steps), so the random
+    init does not dominate a short run. Stored as ``ema.module.*`` (``bapose.load_model`` prefers those weights)."""
+    from timm.utils import ModelEmaV3
+
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"module: field 'ema_decay' is {decay}; expected a float in (0, 1) or null")
+    ema = ModelEmaV3(net, decay=float(decay), use_warmup=True, warmup_power=0.75, exclude_buffers=True)
+    ema.module.requires_grad_(False)
+    # train/eval mode follows the LightningModule (Lightning switches it for validation); the copy never sees a
+    # training forward, so its BatchNorm statistics only come from the updates
+    return ema.train()
 
 
 def _meta_spec(meta: Any) -> dict[str, Any] | None:
@@ -61,8 +75,10 @@ class BAPoseModule(L.LightningModule):
         optimizer: ``functools.partial`` of an optimizer class taking the parameters (Hydra ``_partial_: true``).
         scheduler: partial of an LR scheduler taking the optimizer, or ``None``.
         scheduler_interval: ``"epoch"`` (the paper's step schedule) or ``"step"``.
-        warmup_steps: linear LR warmup over the first optimizer steps (multiplies the scheduled LR; 0 = off).
-        ema_decay: keep an EMA copy of the weights with this decay (used for validation/test and saved); ``None`` = off.
+        warmup_steps: linear LR warm-up over the first optimizer steps (``LinearLR`` chained with the scheduler: it
+            multiplies the scheduled LR by ``(step + 1) / warmup_steps``; 0 = off). :mod:`bapose.training.schedules`.
+        ema_decay: keep an EMA copy of the weights with this decay (timm's ``ModelEmaV3``, decay warmed up over the
+            first steps; used for validation/test and saved as ``ema.module.*``); ``None`` = off.
         compile: ``torch.compile`` the net (in place, so checkpoint keys do not change).
         channels_last: run the net in channels-last memory format (faster convs under AMP on GPUs).
         val_flip / val_scales: flip test and scales during validation.
@@ -98,6 +114,8 @@ class BAPoseModule(L.LightningModule):
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError(f"module: field 'scheduler_interval' is {scheduler_interval!r}; "
                               f"expected 'epoch' or 'step'")
+        if warmup_steps < 0:
+            raise ConfigError(f"module: field 'warmup_steps' is {warmup_steps}; expected >= 0 optimizer steps")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"module: field 'max_nonfinite_steps' is {max_nonfinite_steps}; expected >= 1")
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -107,7 +125,7 @@ class BAPoseModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.warmup_steps = int(warmup_steps)
-        self.ema = ModelEMA(self.net, ema_decay) if ema_decay else None
+        self.ema = _make_ema(self.net, ema_decay) if ema_decay else None
         self.compile_net = compile
         self.channels_last = channels_last
         self.val_flip, self.val_scales = bool(val_flip), tuple(float(s) for s in val_scales)
@@ -121,10 +139,9 @@ class BAPoseModule(L.LightningModule):
         self.eval_mode: str | None = None
         self.evaluator = None
         self.last_metrics: dict[str, dict[str, float]] = {}
-        # bapose-eval sets collect_results: the COCO-format results of the last val/test epoch, gathered over ranks
+        # bapose-eval sets collect_results: the COCO-format results of the last val/test epoch, gathered to rank 0
         self.collect_results = False
         self.results: list[dict[str, Any]] = []
-        self._collected: list[dict[str, Any]] = []
         self.nonfinite_steps = 0  # total skipped steps (also logged)
         self._nonfinite_in_a_row = 0
         self._last_step_finite = True
@@ -172,11 +189,10 @@ class BAPoseModule(L.LightningModule):
                               "(e.g. {_target_: torch.optim.Adam, _partial_: true, lr: 1e-3})")
         # only the trained net: the EMA copy has no gradients and must not be touched by the optimizer
         optimizer = self.optimizer_factory(params=self.net.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}}
+        schedulers = lr_scheduler_configs(optimizer, self.scheduler_factory, self.scheduler_interval, self.warmup_steps)
+        if len(schedulers) > 1:  # scheduler + warm-up: Lightning's list form
+            return [optimizer], schedulers
+        return {"optimizer": optimizer, "lr_scheduler": schedulers[0]} if schedulers else optimizer
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images`` uint8 or [0, 1] float ``(B, 3, H, W)`` -> ``(heatmaps (B, K+1, h, w), offsets (B, 2K, h, w))``."""
@@ -186,11 +202,6 @@ class BAPoseModule(L.LightningModule):
         return self.net(x)
 
     # ------------------------------------------------------------------ training
-    def _warmup_factor(self) -> float:
-        if self.warmup_steps <= 0:
-            return 1.0
-        return min(1.0, (self.global_step + 1) / self.warmup_steps)
-
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
         heatmaps, offsets = self(batch["image"])
         terms = self.loss(heatmaps, offsets, batch["heatmaps"], batch["heatmap_weights"], batch["offsets"],
@@ -223,27 +234,17 @@ class BAPoseModule(L.LightningModule):
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
                      batch_size=bs)
         if self._trainer is not None and self.trainer.optimizers:
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] * self._warmup_factor()
-            self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
+            # the LR this step uses (warm-up included): the same number the LR monitor logs
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
+                     batch_size=bs)
         return loss
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        factor = self._warmup_factor()
-        if factor < 1.0:
-            # scale the scheduled LR for this step only, so the scheduler's own state never sees the warmup
-            base = [g["lr"] for g in optimizer.param_groups]
-            for g in optimizer.param_groups:
-                g["lr"] = g["lr"] * factor
-            try:
-                super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-            finally:
-                for g, lr in zip(optimizer.param_groups, base, strict=True):
-                    g["lr"] = lr
-        else:
-            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # the closure ran inside the step: _last_step_finite now describes this step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # the closure ran inside the step: _last_step_finite now describes this step. The step number drives the
+        # EMA's decay warm-up, so a resumed run continues the same ramp.
         if self.ema is not None and self._last_step_finite:
-            self.ema.update(self.net)
+            self.ema.update(self.net, step=self.global_step + 1)
 
     # ------------------------------------------------------------------ validation / test
     def _make_evaluator(self, split: str) -> Any:
@@ -283,27 +284,9 @@ class BAPoseModule(L.LightningModule):
         poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
         scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
         self.evaluator.update(ids, poses, scores)
-        if self.collect_results:
-            self._collected.extend(to_coco_results(ids, poses, scores, self.evaluator.category_id))
-
-    def _gather_results(self) -> list[dict[str, Any]]:
-        """Every rank's collected results; one copy per image id (DistributedSampler pads with repeated images)."""
-        parts = [self._collected]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            parts = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, self._collected)
-        owner: dict[int, int] = {}
-        out = []
-        for rank, part in enumerate(parts):
-            for r in part:
-                if owner.setdefault(int(r["image_id"]), rank) == rank:
-                    out.append(r)
-        return out
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("val")
-        self._collected = []
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_flip, self.val_scales)
@@ -313,7 +296,6 @@ class BAPoseModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("test")
-        self._collected = []
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_flip, self.test_scales)
@@ -322,13 +304,14 @@ class BAPoseModule(L.LightningModule):
         self._finish_eval("test")
 
     def _finish_eval(self, split: str) -> None:
-        # compute() gathers every rank's results, drops the repeated image ids of DistributedSampler's padding and
-        # scores once: every rank gets the same numbers, so no further reduction (sync_dist=False)
+        # compute() gathers every rank's results to rank 0 once, drops the repeated image ids of DistributedSampler's
+        # padding and scores there; every rank gets the same numbers, so no further reduction (sync_dist=False)
         stats = {k: float(v) for k, v in self.evaluator.compute().items()}
         stats = {k: (v if math.isfinite(v) else -1.0) for k, v in stats.items()}
         self.last_metrics[split] = stats
         if self.collect_results:
-            self.results = self._gather_results()
+            # the same gather's people, on rank 0 (empty elsewhere): what val_results.json / results.json hold
+            self.results = [r for people in self.evaluator.gathered.values() for r in people]
         self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------ checkpoints
@@ -359,6 +342,8 @@ class BAPoseModule(L.LightningModule):
         source = str(self._trainer.ckpt_path) if self._trainer is not None and self._trainer.ckpt_path \
             else "checkpoint"
         stored = checkpoint.get("bapose") or {}
+        # checkpoints of bapose <= 0.1 (hand-written EMA) carry its update counter; timm's EMA takes the step instead
+        checkpoint.get("state_dict", {}).pop("ema.num_updates", None)
         check_state_dict_compatible(
             self.state_dict(), checkpoint.get("state_dict", {}), source=source,
             expected_meta={"num_keypoints": getattr(self.net, "num_keypoints", None), "model": self.model_config},

@@ -6,18 +6,28 @@ Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``
   an ``api.wandb.ai`` entry in ``~/.netrc``, which is where ``wandb login`` stores the key); ``True`` otherwise, and
   whenever ``WANDB_MODE`` is ``offline`` / ``dryrun`` / ``disabled``. Runs never block on a network that is not there.
 * ``${bapose.run_group:}`` — the sweep folder name in a Hydra multirun (all jobs of a sweep share a W&B group).
-* ``${bapose.run_name:}`` — ``<job name>`` for a single run, ``<job num>-<overrides>`` for a multirun job.
+* ``${bapose.run_name:}`` — the run folder's name for a single run, ``<job num>-<overrides>`` for a multirun job.
+* ``${bapose.run_id:<run_id>}`` — the name of a single run's folder (``hydra.run.dir``), the same in every process of
+  the run: the explicit ``run_id``; else ``slurm-<job id>[_<array task>]-<hash of the overrides>`` under SLURM (a
+  requeued job comes back to its folder); else ``torchrun-<rendezvous id>`` under torchrun; else a timestamp.
+* ``${bapose.rank_suffix:}`` — ``""`` on global rank 0, ``_rank<N>`` in the other processes (per-rank log files);
+  ``${bapose.on_rank_zero:x}`` — ``x`` on rank 0, ``None`` elsewhere.
+
+The processes a multirun job launches for itself (``bapose.training.runs``) get their W&B name and group through the
+``BAPOSE_RUN_NAME`` / ``BAPOSE_RUN_GROUP`` environment variables, which take precedence.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import math
 import netrc
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -59,6 +69,8 @@ def _is_multirun(hc: Any) -> bool:
 
 def run_group() -> str | None:
     """The sweep's folder name in a multirun (one W&B group per sweep), else ``None``."""
+    if os.environ.get("BAPOSE_RUN_GROUP"):
+        return os.environ["BAPOSE_RUN_GROUP"]
     hc = _hydra_cfg()
     if not _is_multirun(hc):
         return None
@@ -66,22 +78,93 @@ def run_group() -> str | None:
 
 
 def run_name() -> str | None:
-    """A readable W&B run name: job name, plus job number and overrides in a multirun."""
+    """A readable W&B run name: ``<job num>-<overrides>`` in a multirun, the run folder's name otherwise (the
+    timestamp or ``run_id``), so a run in W&B points at its folder on disk."""
+    if os.environ.get("BAPOSE_RUN_NAME"):
+        return os.environ["BAPOSE_RUN_NAME"]
     hc = _hydra_cfg()
     if hc is None:
         return None
     if _is_multirun(hc):
         overrides = hc.job.override_dirname or ""
         return f"{hc.job.num}-{overrides}" if overrides else f"{hc.job.name}-{hc.job.num}"
-    return str(hc.job.name)
+    try:
+        return Path(str(hc.runtime.output_dir)).name or str(hc.job.name)
+    except Exception:  # noqa: BLE001 - runtime.output_dir only exists inside a job
+        return str(hc.job.name)
+
+
+def process_rank() -> int:
+    """Global rank of this process from the launcher's environment (Lightning's rule: RANK, LOCAL_RANK,
+    SLURM_PROCID, JSM_NAMESPACE_RANK), 0 when none is set. Known before any process group exists."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def on_rank_zero(value: Any) -> Any:
+    """``value`` in the process of global rank 0, ``None`` in the others (e.g. ``hydra.output_subdir``: under srun or
+    torchrun every rank composes the run, only one writes the run folder's ``.hydra/``)."""
+    return value if process_rank() == 0 else None
+
+
+def rank_suffix() -> str:
+    """``""`` on global rank 0, ``_rank<N>`` elsewhere: every process of a DDP run logs to its own file."""
+    rank = process_rank()
+    return f"_rank{rank}" if rank else ""
+
+
+# a folder name: letters, digits and . _ - only (run ids come from users and schedulers)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# overrides that do not change what a run computes: a requeued job repeats its command, but a user resuming by hand
+# may add these; they stay out of the hash that names a SLURM run's folder
+_IDENTITY_FREE = ("ckpt_path=", "run_id=", "hydra.", "hydra/")
+
+
+def _overrides_hash() -> str:
+    hc = _hydra_cfg()
+    overrides = sorted(o for o in (list(hc.overrides.task) if hc is not None else [])
+                       if not o.lstrip("+~").startswith(_IDENTITY_FREE))
+    return hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:6]
+
+
+def run_folder_name(run_id: Any = None) -> str:
+    """The folder name of a single run (see the module docstring); every process of the run computes the same one.
+
+    Raises:
+        ConfigError: under torchrun with a static rendezvous (``TORCHELASTIC_RUN_ID=none``) and no ``run_id``: each
+            rank would otherwise stamp its own folder with the second it started in.
+    """
+    from bapose.errors import ConfigError
+
+    if run_id not in (None, "", "null"):
+        name = _UNSAFE.sub("-", str(run_id)).strip("-.")
+        if not name:
+            raise ConfigError(f"field 'run_id' is {run_id!r}; expected letters, digits, '.', '_' or '-'")
+        return name
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID") if os.environ.get("SLURM_ARRAY_JOB_ID") else None
+        return f"slurm-{job}{f'_{task}' if task else ''}-{_overrides_hash()}"
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    if elastic and elastic != "none":
+        return "torchrun-" + _UNSAFE.sub("-", elastic)
+    if elastic == "none":
+        raise ConfigError("this process was started by a multi-process launcher (torchrun with a static rendezvous) "
+                          "without a run identity; expected run_id=<name> (or torchrun --rdzv-id / --standalone) so "
+                          "that every rank writes into the same run folder")
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def register_resolvers() -> None:
     """Register the ``bapose.*`` OmegaConf resolvers (idempotent)."""
     for name, fn in (("bapose.wandb_offline", wandb_offline), ("bapose.run_group", run_group),
-                     ("bapose.run_name", run_name)):
+                     ("bapose.run_name", run_name), ("bapose.run_id", run_folder_name),
+                     ("bapose.rank_suffix", rank_suffix), ("bapose.on_rank_zero", on_rank_zero)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # run_id: resolved once per process (hydra.run.dir is read several times while Hydra sets up a run)
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "bapose.run_id")
 
 
 register_resolvers()
@@ -112,11 +195,14 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return path
 
 
-def finish_loggers(loggers: Iterable[Any] = ()) -> None:
-    """Flush every logger and end the W&B run, so the next multirun job starts its own run (not a resumed one)."""
+def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False) -> None:
+    """Flush every logger and end the W&B run, so the next multirun job starts its own run (not a resumed one).
+
+    ``failed=True`` finishes the W&B run with exit code 1: W&B shows it as *failed*, not *finished*.
+    """
     for lg in loggers:
         try:
-            lg.finalize("success")
+            lg.finalize("failed" if failed else "success")
         except Exception as e:  # noqa: BLE001 - teardown must not hide the run's own result
             log.warning("logger %s failed to finalize: %s", type(lg).__name__, e)
     try:
@@ -124,7 +210,7 @@ def finish_loggers(loggers: Iterable[Any] = ()) -> None:
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=1 if failed else 0)
 
 
 STATUS_FILE = "status.json"
