@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bapose.data.dataset import (
+    TRAIN_IMAGES,
     CocoKeypointDataset,
     configure_worker_process,
     limit_cv2_threads_before_fork,
@@ -109,6 +110,8 @@ class BAPoseDataModule(L.LightningDataModule):
         root: dataset root folder that relative ``ann_file``/``image_dir`` paths start from.
         size_divisor: eval images are padded to multiples of it.
         eval_mode: "coco" or "crowdpose" scoring for the module's evaluator; None lets it follow the meta name.
+        train_images: which training images are used (``CocoKeypointDataset``): ``"labelled"`` (a labelled non-crowd
+            person) or ``"annotated"`` (any person annotation, as DEKR and MMPose).
     """
 
     def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int = 17,
@@ -117,8 +120,11 @@ class BAPoseDataModule(L.LightningDataModule):
                  num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
                  augmentation: Mapping | None = None, on_bad_sample: str = "raise",
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
-                 size_divisor: int = 32, eval_mode: str | None = None) -> None:
+                 size_divisor: int = 32, eval_mode: str | None = None, train_images: str = "labelled") -> None:
         super().__init__()
+        if train_images not in TRAIN_IMAGES:
+            raise ConfigError(f"data field 'train_images' is '{train_images}'; expected one of {list(TRAIN_IMAGES)}")
+        self.train_images = train_images
         if size_divisor <= 0 or size_divisor % 32:
             raise ConfigError(f"data field 'size_divisor' is {size_divisor}; expected a positive multiple of 32 "
                               "(HRNet's deepest stride)")
@@ -270,7 +276,8 @@ class BAPoseDataModule(L.LightningDataModule):
             return None
         transform = self._train_transform() if train else EvalTransform(self.input_size, self.size_divisor)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
-                                   transform=transform, train=train, on_bad_sample=self.on_bad_sample)
+                                   transform=transform, train=train, on_bad_sample=self.on_bad_sample,
+                                   train_images=self.train_images)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
