@@ -268,3 +268,137 @@ def test_training_image_filter_on_a_constructed_json(tmp_path: Path) -> None:
     assert CocoKeypointDataset(ann, tmp_path, train=False, input_size=128).ids == [1, 2, 3, 4]
     with pytest.raises(ConfigError, match="train_images"):
         CocoKeypointDataset(ann, tmp_path, codec=codec, train=True, input_size=128, train_images="all")
+
+
+# ---------------------------------------------------------------------------------------------------- items 2 and 7
+# the real train config, shrunk (as tests/test_training.py): 64 px generated images, no workers, CSV logging only
+TINY = [
+    "data.input_size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=64",
+    "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.persistent_workers=false",
+    "data.pin_memory=false", "logger=[csv]", "draw_images=0", "debug=limit", "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3", "optimizer.lr=0.003",
+]
+
+
+def _eval(ckpt: str, out: Path, *extra: str) -> tuple[dict, list]:
+    from bapose.cli.evaluate import evaluate
+
+    data = [o for o in TINY if o.startswith("data.")]
+    cfg = compose_config([f"ckpt_path={ckpt}", *data, *extra], config_name="eval", output_dir=out)
+    return evaluate(cfg), json.loads((out / "results.json").read_text())
+
+
+def _people(results: list) -> list:
+    return sorted(results, key=lambda r: (r["image_id"], -r["score"], r["keypoints"]))
+
+
+def test_rescoring_stage_end_to_end(tmp_path: Path) -> None:
+    from bapose.cli.train import train
+    from bapose.codecs.rescore import load_rescore
+    from bapose.data.metadata import DatasetMeta
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    cfg = compose_config([*TINY, "rescore.enabled=true", "rescore.max_images=5", "rescore.epochs=50"],
+                         output_dir=run)
+    metrics = train(cfg)
+    saved = json.loads((run / "metrics.json").read_text())
+    path = run / "rescore.pt"
+    # the net lands in the run folder, referenced from metrics.json, for K=17 with the COCO links
+    assert saved["rescore_path"] == str(path) == metrics["rescore_path"]
+    meta = DatasetMeta.coco()
+    net = load_rescore(path, num_keypoints=17, skeleton=meta.skeleton)
+    assert net.hidden == cfg.rescore.hidden
+    # trained on the predictions of the chosen checkpoint on 5 training images (a subset of the 8)
+    assert saved["rescore/images_predicted"] == 5 and saved["rescore/predictions"] > 0
+    assert 0 < saved["rescore/images"] <= 5 and saved["rescore/results"] == saved["rescore/predictions"]
+    for split in ("val", "test"):
+        for stat in ("AP", "AR"):
+            assert 0.0 <= saved[f"{split}/{stat}"] <= 1.0 and 0.0 <= saved[f"{split}_rescored/{stat}"] <= 1.0
+
+    # bapose-eval with the file gives the rescored numbers and people; without it the plain ones
+    ckpt = saved["evaluated_checkpoint"]
+    assert saved["model_selection"] == "best" and ckpt == saved["best_model_path"] and ckpt.endswith(".ckpt")
+    with_it, people_with = _eval(ckpt, tmp_path / "eval_rescored", f"codec.rescore_path={path}")
+    without, people_without = _eval(ckpt, tmp_path / "eval_plain")
+    for stat in ("AP", "AP50", "AR"):
+        assert with_it[f"val/{stat}"] == pytest.approx(saved[f"val_rescored/{stat}"], abs=1e-12)
+        assert without[f"val/{stat}"] == pytest.approx(saved[f"val/{stat}"], abs=1e-12)
+    assert _people(people_with) == _people(json.loads((run / "val_results_rescored.json").read_text()))
+    assert _people(people_without) == _people(json.loads((run / "val_results.json").read_text()))
+    # and the rescoring changed the scores (score x predicted OKS), not the joints
+    assert sorted(r["score"] for r in people_with) != sorted(r["score"] for r in people_without)
+    assert {tuple(r["keypoints"][0::3]) for r in people_with} <= {tuple(r["keypoints"][0::3]) for r in people_without}
+
+
+def test_model_selection_last_reports_the_final_epoch(tmp_path: Path) -> None:
+    from bapose.cli.train import train
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    metrics = train(compose_config([*TINY, "model_selection=last"], output_dir=run))
+    saved = json.loads((run / "metrics.json").read_text())
+    last = run / "checkpoints" / "last.ckpt"
+    # the final epoch (index 1 of 2, all 6 steps), not the monitored best-val/AP file that still exists beside it
+    assert saved["model_selection"] == "last" and saved["evaluated_checkpoint"] == str(last)
+    assert saved["evaluated_epoch"] == 1 and saved["evaluated_global_step"] == metrics["global_step"] == 6
+    assert any(p.name.startswith("epoch_") for p in (run / "checkpoints").iterdir())
+    evaluated, people = _eval(str(last), tmp_path / "eval")
+    assert evaluated["val/AP"] == pytest.approx(saved["val/AP"], abs=1e-12)
+    assert evaluated["checkpoint_global_step"] == 6
+    assert _people(people) == _people(json.loads((run / "val_results.json").read_text()))
+    # a wrong rule or rescore option fails before fit (no checkpoint written), naming the field
+    for bad, field in (("model_selection=latest", "model_selection"), ("+rescore.epoch=3", "epoch"),
+                       ("rescore.max_images=0", "max_images")):
+        with pytest.raises(ConfigError, match=field):
+            train(compose_config([*TINY, bad], output_dir=tmp_path / "bad"))
+        assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_rescoring_stage_under_ddp_gathers_every_training_image_once(tmp_path: Path) -> None:
+    """2 gloo ranks share 5 training images (3 + 2: Lightning's predict sampler does not repeat images): the gathered
+    predictions are those a single process makes on the same images, and the rescored AP is what bapose-eval gets."""
+    import os
+    import subprocess
+    import sys
+
+    import lightning as L
+
+    from bapose.cli.train import build_datamodule
+    from bapose.loading import load_model
+    from bapose.training import BAPoseModule
+    from bapose.training.rescoring import RescoreOptions, choose_images, predict_training_images, usable_images
+
+    # sync_batchnorm: torch refuses SyncBatchNorm on CPU modules in fit; center_threshold -1: a 2-step model has
+    # centers too weak for the default 0.01, and this test is about who predicts what, not how well
+    overrides = [*TINY, "trainer=ddp_cpu", "trainer.devices=2", "trainer.sync_batchnorm=false", "trainer.max_epochs=1",
+                 "codec.center_threshold=-1", "rescore.enabled=true", "rescore.max_images=5", "rescore.epochs=5",
+                 "run_test=false"]
+    run = tmp_path / "run"
+    exe = Path(sys.executable).parent / "bapose-train"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([str(exe), *overrides, f"hydra.run.dir={run}"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["rescore/images_predicted"] == 5
+
+    torch.set_num_threads(1)
+    cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], output_dir=tmp_path / "single")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    gt = json.loads(Path(dm.train_dataset.ann_file).read_text())
+    ids = choose_images([i for i in dm.train_dataset.ids if i in usable_images(gt)], 5, 0)
+    loaded = load_model(saved["evaluated_checkpoint"], meta=dm.meta, input_size=dm.input_size)
+    module = BAPoseModule(loaded.net, codec=dm.codec)
+    module.meta = dm.meta
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False)
+    single = predict_training_images(trainer, module, dm, ids, RescoreOptions(flip=False))
+    assert len({r["image_id"] for r in single}) == saved["rescore/images"] <= 5
+    assert len(single) == saved["rescore/results"]
+    evaluated, _ = _eval(saved["evaluated_checkpoint"], tmp_path / "eval", f"codec.rescore_path={run / 'rescore.pt'}",
+                         "codec.center_threshold=-1")
+    assert evaluated["val/AP"] == pytest.approx(saved["val_rescored/AP"], abs=1e-12)

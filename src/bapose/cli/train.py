@@ -28,7 +28,7 @@ import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers befor
 from bapose.errors import BAPoseError, ConfigError, exit_on_error
 from bapose.paths import config_dir
 from bapose.training.rescoring import RescoreOptions, rescored_tables, run_rescoring_stage
-from bapose.training.selection import select_checkpoint, selection_metrics
+from bapose.training.selection import check_selection_rule, select_checkpoint, selection_metrics
 
 log = logging.getLogger("bapose")
 
@@ -165,6 +165,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    # the final-evaluation protocol is checked before fit: a typo must not cost a training run
+    selection_rule = check_selection_rule(cfg.get("model_selection") or "best")
+    rescore = RescoreOptions.from_config(cfg.get("rescore"))
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, codec=datamodule.codec)
@@ -178,7 +181,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out_dir))
 
         # model_selection: the best val/AP checkpoint, or the last epoch (the paper rows, as DEKR reports)
-        selection = select_checkpoint(trainer, cfg.get("model_selection") or "best")
+        selection = select_checkpoint(trainer, selection_rule)
         best = selection.path
         if best is None:
             log.warning("no %s checkpoint (fast_dev_run, or no validation ran): evaluating the current weights",
@@ -194,7 +197,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({"best_model_path": best or "", "epoch": int(trainer.current_epoch),
                         "global_step": int(trainer.global_step), "nonfinite_steps": int(module.nonfinite_steps),
                         **selection_metrics(selection)})
-        rescore = RescoreOptions.from_config(cfg.get("rescore"))
         if rescore.enabled:  # DEKR's scoring net, trained on this run's training-set predictions
             metrics.update(run_rescoring_stage(rescore, trainer, module, datamodule, best, out_dir,
                                                bool(cfg.get("run_test"))))

@@ -139,7 +139,8 @@ class _Predictor(L.LightningModule):
 
 
 def _all_gather(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's results, one copy per image id (the distributed sampler repeats images to even out ranks)."""
+    """Every rank's results, one copy per image id (Lightning's predict sampler splits without repeats; a sampler
+    that pads ranks with repeated images would otherwise count them twice)."""
     parts = [items]
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
@@ -179,6 +180,8 @@ def fit_rescore_net(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
     """
     usable = usable_images(gt)
     kept = [r for r in results if r["image_id"] in usable]
+    if not kept:
+        return {}
     feats, targets, scores, ids = training_set(_with_areas(gt), kept, meta.sigmas, meta.skeleton, mode)
     net = train_rescore(feats, targets, epochs=opts.epochs, lr=opts.lr, hidden=opts.hidden,
                         batch_size=opts.batch_size, seed=opts.seed, skeleton=meta.skeleton,
@@ -188,7 +191,7 @@ def fit_rescore_net(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
     path.parent.mkdir(parents=True, exist_ok=True)
     save_rescore(net, path)
     # in-sample: how well the raw score and the rescored value rank the training predictions by OKS
-    return {"rescore/predictions": len(kept), "rescore/images": len(np.unique(ids)),
+    return {"rescore/results": len(results), "rescore/predictions": len(kept), "rescore/images": len(np.unique(ids)),
             "rescore/mean_oks": float(targets.mean()), "rescore/corr_score_oks": pearson(scores, targets),
             "rescore/corr_rescored_oks": pearson(scores * pred, targets)}
 
@@ -218,7 +221,9 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
     mode = module.eval_mode or ("crowdpose" if module.meta.name == "crowdpose" else "coco")
     stats: dict[str, Any] = {}
     if trainer.is_global_zero and results:
-        stats = fit_rescore_net(gt, results, module.meta, mode, opts, path)
+        fitted = fit_rescore_net(gt, results, module.meta, mode, opts, path)
+        stats = {"rescore/images_predicted": len(image_ids), **fitted} if fitted else {}
+    if stats:
         log.info("rescoring net: %d predictions on %d training images, corr(score, OKS) %.3f -> %.3f; saved %s",
                  stats["rescore/predictions"], stats["rescore/images"], stats["rescore/corr_score_oks"],
                  stats["rescore/corr_rescored_oks"], path)

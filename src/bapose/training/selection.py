@@ -45,6 +45,13 @@ def _position(path: str) -> tuple[int | None, int | None]:
     return (int(epoch) if epoch is not None else None), (int(step) if step is not None else None)
 
 
+def check_selection_rule(rule: Any) -> str:
+    """``rule`` when it names a selection rule, else a ConfigError (checked before fit, not after)."""
+    if rule not in MODEL_SELECTIONS:
+        raise ConfigError(f"field 'model_selection' is {rule!r}; expected one of {list(MODEL_SELECTIONS)}")
+    return str(rule)
+
+
 def select_checkpoint(trainer: L.Trainer, rule: str = "best") -> Selection:
     """The checkpoint the final evaluation uses after ``trainer.fit``.
 
@@ -56,8 +63,7 @@ def select_checkpoint(trainer: L.Trainer, rule: str = "best") -> Selection:
     Returns:
         :class:`Selection`; ``path`` None means "evaluate the current weights" (fast_dev_run, no checkpoint).
     """
-    if rule not in MODEL_SELECTIONS:
-        raise ConfigError(f"field 'model_selection' is {rule!r}; expected one of {list(MODEL_SELECTIONS)}")
+    check_selection_rule(rule)
     path: str | None = None
     if rule == "best":
         cb = trainer.checkpoint_callback
