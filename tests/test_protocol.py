@@ -299,8 +299,9 @@ def test_rescoring_stage_end_to_end(tmp_path: Path) -> None:
 
     torch.set_num_threads(1)
     run = tmp_path / "run"
-    cfg = compose_config([*TINY, "rescore.enabled=true", "rescore.max_images=5", "rescore.epochs=50"],
-                         output_dir=run)
+    # center_threshold -1: every top-k center is a person, so a 6-step model has predictions to rescore on any machine
+    cfg = compose_config([*TINY, "codec.center_threshold=-1", "rescore.enabled=true", "rescore.max_images=5",
+                          "rescore.epochs=50"], output_dir=run)
     metrics = train(cfg)
     saved = json.loads((run / "metrics.json").read_text())
     path = run / "rescore.pt"
@@ -319,16 +320,16 @@ def test_rescoring_stage_end_to_end(tmp_path: Path) -> None:
     # bapose-eval with the file gives the rescored numbers and people; without it the plain ones
     ckpt = saved["evaluated_checkpoint"]
     assert saved["model_selection"] == "best" and ckpt == saved["best_model_path"] and ckpt.endswith(".ckpt")
-    with_it, people_with = _eval(ckpt, tmp_path / "eval_rescored", f"codec.rescore_path={path}")
-    without, people_without = _eval(ckpt, tmp_path / "eval_plain")
+    with_it, people_with = _eval(ckpt, tmp_path / "eval_rescored", f"codec.rescore_path={path}",
+                                 "codec.center_threshold=-1")
+    without, people_without = _eval(ckpt, tmp_path / "eval_plain", "codec.center_threshold=-1")
     for stat in ("AP", "AP50", "AR"):
         assert with_it[f"val/{stat}"] == pytest.approx(saved[f"val_rescored/{stat}"], abs=1e-12)
         assert without[f"val/{stat}"] == pytest.approx(saved[f"val/{stat}"], abs=1e-12)
     assert _people(people_with) == _people(json.loads((run / "val_results_rescored.json").read_text()))
     assert _people(people_without) == _people(json.loads((run / "val_results.json").read_text()))
-    # and the rescoring changed the scores (score x predicted OKS), not the joints
+    # and the rescoring changed the scores (each is the plain score x the predicted OKS)
     assert sorted(r["score"] for r in people_with) != sorted(r["score"] for r in people_without)
-    assert {tuple(r["keypoints"][0::3]) for r in people_with} <= {tuple(r["keypoints"][0::3]) for r in people_without}
 
 
 def test_model_selection_last_reports_the_final_epoch(tmp_path: Path) -> None:
@@ -397,7 +398,7 @@ def test_rescoring_stage_under_ddp_gathers_every_training_image_once(tmp_path: P
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False)
     single = predict_training_images(trainer, module, dm, ids, RescoreOptions(flip=False))
-    assert len({r["image_id"] for r in single}) == saved["rescore/images"] <= 5
+    assert len(np.unique(single.image_ids)) == saved["rescore/images"] <= 5
     assert len(single) == saved["rescore/results"]
     evaluated, _ = _eval(saved["evaluated_checkpoint"], tmp_path / "eval", f"codec.rescore_path={run / 'rescore.pt'}",
                          "codec.center_threshold=-1")

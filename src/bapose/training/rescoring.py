@@ -33,11 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from bapose.codecs.rescore import pearson, save_rescore, train_rescore, training_set
-from bapose.data.datamodule import collate_eval
-from bapose.data.dataset import CocoKeypointDataset
+from bapose.data.datamodule import collate_eval, worker_init_fn
+from bapose.data.dataset import CocoKeypointDataset, limit_cv2_threads_before_fork
 from bapose.data.transforms import EvalTransform
 from bapose.errors import ConfigError
-from bapose.evaluation import to_coco_results
 from bapose.inference import to_original
 from bapose.utils.logging import format_metrics_table, write_json
 
@@ -118,8 +117,37 @@ def _with_areas(gt: Mapping[str, Any]) -> dict[str, Any]:
     return {**gt, "annotations": anns}
 
 
+@dataclasses.dataclass  # not frozen: Lightning walks predict outputs with apply_to_collection, which sets fields
+class Predictions:
+    """People predicted on training images, in original pixels: ``image_ids (M,)`` int64, ``poses (M, K, 3)``
+    float32 (x, y, joint score), ``scores (M,)`` float32. Arrays, not COCO dicts: they cross ranks compactly."""
+
+    image_ids: np.ndarray
+    poses: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def select(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.image_ids[mask], self.poses[mask], self.scores[mask])
+
+    def as_results(self) -> list[dict[str, Any]]:
+        """COCO keypoint results (``image_id``, ``category_id``, ``keypoints`` 3K, ``score``)."""
+        return [{"image_id": int(i), "category_id": 1, "keypoints": p.reshape(-1).tolist(), "score": float(s)}
+                for i, p, s in zip(self.image_ids, self.poses, self.scores)]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions], k: int) -> Predictions:
+        """One set from several (``k`` joints: the shape of an empty result)."""
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros((0, k, 3), np.float32), np.zeros(0, np.float32))
+        return cls(np.concatenate([p.image_ids for p in parts]), np.concatenate([p.poses for p in parts]),
+                   np.concatenate([p.scores for p in parts]))
+
+
 class _Predictor(L.LightningModule):
-    """``trainer.predict`` wrapper: people of an eval-style batch in original pixels, as COCO results.
+    """``trainer.predict`` wrapper: people of an eval-style batch in original pixels, as :class:`Predictions`.
 
     The wrapped module decodes with its codec as it stands (no ``rescore_path`` here) and with the weights it holds.
     """
@@ -129,57 +157,66 @@ class _Predictor(L.LightningModule):
         self.module = module
         self.flip, self.scales = bool(flip), tuple(scales)
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Predictions:
         results = self.module.predict_poses(batch["image"], flip=self.flip, scales=self.scales)
         affines = batch["input_to_orig"].detach().cpu().numpy()
         ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
-        poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
-        scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
-        return to_coco_results(ids, poses, scores)
+        parts = []
+        for image_id, r, a in zip(ids, results, affines, strict=True):
+            poses = to_original(r.poses.detach().float().cpu().numpy(), a).astype(np.float32)
+            parts.append(Predictions(np.full(len(poses), image_id, np.int64), poses,
+                                     r.scores.detach().float().cpu().numpy().astype(np.float32)))
+        return Predictions.concat(parts, self.module.meta.num_keypoints)
 
 
-def _all_gather(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's results, one copy per image id (Lightning's predict sampler splits without repeats; a sampler
+def _all_gather(mine: Predictions) -> Predictions:
+    """Every rank's predictions, one copy per image id (Lightning's predict sampler splits without repeats; a sampler
     that pads ranks with repeated images would otherwise count them twice)."""
-    parts = [items]
+    parts = [mine]
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, items)
+        torch.distributed.all_gather_object(parts, mine)
     owner: dict[int, int] = {}
-    out = []
+    keep = []
     for rank, part in enumerate(parts):
-        for r in part:
-            if owner.setdefault(int(r["image_id"]), rank) == rank:
-                out.append(r)
-    return out
+        for image_id in np.unique(part.image_ids):
+            owner.setdefault(int(image_id), rank)
+        keep.append(part.select(np.array([owner[int(i)] == rank for i in part.image_ids], bool)))
+    return Predictions.concat(keep, mine.poses.shape[1])
 
 
 def predict_training_images(trainer: L.Trainer, module: Any, datamodule: Any, image_ids: Sequence[Any],
-                            opts: RescoreOptions) -> list[dict[str, Any]]:
-    """COCO results of ``module`` (its current weights and codec) on ``image_ids`` of the training json, resized as
-    evaluation images (short side = input size), gathered over ranks."""
+                            opts: RescoreOptions) -> Predictions:
+    """People predicted by ``module`` (its current weights and codec) on ``image_ids`` of the training json, resized
+    as evaluation images (short side = input size), gathered over ranks."""
     train = datamodule.train_dataset
     dataset = CocoKeypointDataset(train.ann_file, train.image_dir, meta=datamodule.meta, train=False,
                                   transform=EvalTransform(datamodule.input_size, datamodule.size_divisor),
                                   on_bad_sample=datamodule.on_bad_sample)
     index = {image_id: i for i, image_id in enumerate(dataset.ids)}
     subset = Subset(dataset, [index[i] for i in image_ids if i in index])
+    if datamodule.num_workers > 0:
+        limit_cv2_threads_before_fork()
     loader = DataLoader(subset, batch_size=datamodule.val_batch_size, shuffle=False,
-                        num_workers=datamodule.num_workers, collate_fn=collate_eval)
+                        num_workers=datamodule.num_workers, collate_fn=collate_eval,
+                        worker_init_fn=worker_init_fn if datamodule.num_workers > 0 else None)
     batches = trainer.predict(_Predictor(module, opts.flip, opts.scales), dataloaders=loader,
                               return_predictions=True) or []
-    return _all_gather([r for batch in batches for r in batch])
+    k = datamodule.meta.num_keypoints
+    return _all_gather(Predictions.concat([b for b in batches if len(b)], k))
 
 
-def fit_rescore_net(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], meta: Any, mode: str,
-                    opts: RescoreOptions, path: Path) -> dict[str, Any]:
-    """Fit the rescoring net to ``results``' OKS with ``gt`` and save it to ``path``; returns its fit statistics.
+def fit_rescore_net(gt: Mapping[str, Any], predictions: Predictions, meta: Any, mode: str, opts: RescoreOptions,
+                    path: Path) -> dict[str, Any]:
+    """Fit the rescoring net to the OKS of ``predictions`` with ``gt``, save it to ``path``; returns fit statistics
+    (``{}`` when nothing could be fitted).
 
     Predictions on images without a usable ground-truth person carry no target and are dropped (DEKR).
     """
     usable = usable_images(gt)
-    kept = [r for r in results if r["image_id"] in usable]
+    on_usable = np.array([int(i) in usable for i in predictions.image_ids], bool)
+    kept = predictions.select(on_usable).as_results()
     if not kept:
         return {}
     feats, targets, scores, ids = training_set(_with_areas(gt), kept, meta.sigmas, meta.skeleton, mode)
@@ -191,7 +228,7 @@ def fit_rescore_net(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
     path.parent.mkdir(parents=True, exist_ok=True)
     save_rescore(net, path)
     # in-sample: how well the raw score and the rescored value rank the training predictions by OKS
-    return {"rescore/results": len(results), "rescore/predictions": len(kept), "rescore/images": len(np.unique(ids)),
+    return {"rescore/results": len(predictions), "rescore/predictions": len(kept), "rescore/images": len(np.unique(ids)),
             "rescore/mean_oks": float(targets.mean()), "rescore/corr_score_oks": pearson(scores, targets),
             "rescore/corr_rescored_oks": pearson(scores * pred, targets)}
 
@@ -220,7 +257,7 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
     results = predict_training_images(trainer, module, datamodule, image_ids, opts)
     mode = module.eval_mode or ("crowdpose" if module.meta.name == "crowdpose" else "coco")
     stats: dict[str, Any] = {}
-    if trainer.is_global_zero and results:
+    if trainer.is_global_zero and len(results):
         fitted = fit_rescore_net(gt, results, module.meta, mode, opts, path)
         stats = {"rescore/images_predicted": len(image_ids), **fitted} if fitted else {}
     if stats:
