@@ -284,7 +284,7 @@ class CocoKeypointDataset(Dataset):
                 # instance): images with only crowd regions or unlabelled people train the background, masked
                 ids = [i for i in ids if len(self._per_image[i])]
                 what = "no person annotation"
-            else:
+            else:  # only images with someone to learn a center and offsets from (fewer steps per epoch)
                 ids = [i for i in ids if any(self._labelled[j] and not self._iscrowd[j] for j in self._per_image[i])]
                 what = "no non-crowd person with labelled keypoints"
             self.num_without_people = len(self._images) - len(ids)

@@ -20,7 +20,7 @@ class BAPoseLoss(nn.Module):
     displacement loss weight to 0.002 (COCO) / 0.004 (CrowdPose). DEKR's 0.03 belongs to another weight,
     1 / sqrt(area) in **input** pixels with an area that also spans the image origin (DEKR's ``get_joints`` puts
     the not-yet-set center row and unlabelled joints at (0, 0) before measuring the box); 0.03 on our weights
-    makes the offset term 15x MMPose's and, per person, ~5-20x DEKR's. See README "Paper protocol".
+    makes the offset term 15x MMPose's and, per person, 5-21x DEKR's (sample people). See README "Paper protocol".
 
     Args:
         heatmap_weight: factor on the heatmap term (DEKR, MMPose: 1.0).
