@@ -286,8 +286,8 @@ def test_image_without_people_is_left_out_of_training_kept_and_scored_in_eval(co
     dm = _coco_dm(tmp_path)
     dm.setup("fit")
     assert 1 not in dm.train_dataset.ids and len(dm.train_dataset) == 4 and dm.train_dataset.num_without_people == 1
-    assert any(f"file '{ann}': 1 of 5 images have no person with labelled keypoints; left out of training"
-               == r.getMessage() for r in caplog.records)
+    assert any(f"file '{ann}': 1 of 5 images have no non-crowd person with labelled keypoints; left out of training "
+               "(train_images='labelled')" == r.getMessage() for r in caplog.records)
     assert 1 in dm.val_dataset.ids and len(dm.val_dataset) == 5 and dm.val_dataset.num_without_people == 0
     ids = [i for b in dm.val_dataloader() for i in b["image_id"].tolist()]
     assert sorted(ids) == sorted(i["id"] for i in data["images"])

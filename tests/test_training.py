@@ -37,9 +37,10 @@ def _targets(b=2, k=3, h=8, w=8, seed=0):
     return hm, hw, off, ow
 
 
-def test_loss_is_zero_for_perfect_predictions_and_dekr_units():
+def test_loss_is_zero_for_perfect_predictions_and_counts_positive_entries():
     hm, hw, off, ow = _targets()
     loss = BAPoseLoss()
+    assert loss.offset_weight == 0.002  # MMPose's factor for our (MMPose's) offset weights, not DEKR's 0.03
     zero = loss(hm, off, hm, hw, off, ow)
     assert float(zero["loss"]) == 0.0
 
@@ -48,8 +49,8 @@ def test_loss_is_zero_for_perfect_predictions_and_dekr_units():
     out = loss(pred_hm, pred_off, hm, hw, off, ow)
     k2 = off.shape[1]
     exp_hm = float((hw * 0.01).mean())
-    num_pos = 8 * k2  # positive pixels x 2K channels, as DEKR counts after broadcasting its weights
-    exp_off = 0.03 * float((ow.expand_as(off) * (2.0 - 0.5 / 9)).sum()) / num_pos
+    num_pos = 8 * k2  # positive pixels x 2K channels, as MMPose and DEKR count (per entry, over the batch)
+    exp_off = 0.002 * float((ow.expand_as(off) * (2.0 - 0.5 / 9)).sum()) / num_pos
     assert float(out["heatmap"]) == pytest.approx(exp_hm, rel=1e-5)
     assert float(out["offset"]) == pytest.approx(exp_off, rel=1e-5)
     assert float(out["loss"]) == pytest.approx(exp_hm + exp_off, rel=1e-5)

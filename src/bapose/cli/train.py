@@ -32,6 +32,8 @@ from bapose.errors import BAPoseError, ConfigError
 from bapose.paths import config_dir
 from bapose.training import runs
 from bapose.training.runs import resolve_ckpt_path  # noqa: F401 - public here since 0.1 (tests, notebooks)
+from bapose.training.rescoring import RescoreOptions, rescored_tables, run_rescoring_stage
+from bapose.training.selection import check_selection_rule, select_checkpoint, selection_metrics
 
 log = logging.getLogger("bapose")
 
@@ -160,6 +162,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    # the final-evaluation protocol is checked before fit: a typo must not cost a training run
+    selection_rule = check_selection_rule(cfg.get("model_selection") or "best")
+    rescore = RescoreOptions.from_config(cfg.get("rescore"))
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, codec=datamodule.codec)
@@ -174,10 +179,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = runs.prepare_fit(cfg, trainer, module, datamodule, loggers)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-        ckpt_cb = trainer.checkpoint_callback
-        best = ckpt_cb.best_model_path if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", "") else None
+        # model_selection: the best val/AP checkpoint, or the last epoch (the paper rows, as DEKR reports)
+        selection = select_checkpoint(trainer, selection_rule)
+        best = selection.path
         if best is None:
-            log.warning("no best checkpoint (fast_dev_run, or no validation ran): evaluating the current weights")
+            log.warning("no %s checkpoint (fast_dev_run, or no validation ran): evaluating the current weights",
+                        selection.rule)
         # evaluate what the best checkpoint holds, on the full validation set (and test), as the paper reports
         module.collect_results = True  # keep the COCO-format people of the final evaluation (val_results.json)
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -188,7 +195,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update({f"test/{k}": v for k, v in module.last_metrics.get("test", {}).items()})
         metrics.update({"best_model_path": best or "", "epoch": int(trainer.current_epoch),
                         "global_step": int(trainer.global_step), "nonfinite_steps": int(module.nonfinite_steps),
-                        "train_seconds": round(time.perf_counter() - t0, 1)})
+                        **selection_metrics(selection)})
+        if rescore.enabled:  # DEKR's scoring net, trained on this run's training-set predictions
+            metrics.update(run_rescoring_stage(rescore, trainer, module, datamodule, best, out_dir,
+                                               bool(cfg.get("run_test"))))
+        metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
 
         if trainer.is_global_zero:
             for split in ("val", "test"):
@@ -198,6 +209,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     title = f"{split} AP ({Path(best).name if best else 'final weights'}, flip={flip}, " \
                             f"scales={list(scales)})"
                     print(blog.format_metrics_table(module.last_metrics[split], title), flush=True)
+            for table in rescored_tables(metrics):
+                print(table, flush=True)
             blog.write_json(out_dir / "metrics.json", metrics)
             blog.write_json(out_dir / "val_results.json", val_results)
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),

@@ -22,6 +22,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from bapose.data.dataset import (
+    TRAIN_IMAGES,
     CocoKeypointDataset,
     configure_worker_process,
     limit_cv2_threads_before_fork,
@@ -131,6 +132,8 @@ class BAPoseDataModule(L.LightningDataModule):
         eval_resize: how val/test images are resized: ``"pad"`` (short side = ``input_size``, padded right/bottom)
             or ``"dekr"`` (DEKR's centred warp, for checkpoints converted from DEKR); None: ``"pad"``, except in
             ``bapose-eval``, which takes the rule a checkpoint stores (``bapose.eval_resize``).
+        train_images: which training images are used (``CocoKeypointDataset``): ``"labelled"`` (a labelled non-crowd
+            person) or ``"annotated"`` (any person annotation, as DEKR and MMPose).
 
     The codec's ``min_center_area: null`` means "by the rule set": 32^2 under COCO rules, none under CrowdPose
     rules (as DEKR), resolved here before the codec is built and logged once.
@@ -142,8 +145,12 @@ class BAPoseDataModule(L.LightningDataModule):
                  num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
                  augmentation: Mapping | None = None, on_bad_sample: str = "raise",
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
-                 size_divisor: int = 32, eval_mode: str | None = None, eval_resize: str | None = None) -> None:
+                 size_divisor: int = 32, eval_mode: str | None = None, eval_resize: str | None = None,
+                 train_images: str = "labelled") -> None:
         super().__init__()
+        if train_images not in TRAIN_IMAGES:
+            raise ConfigError(f"data field 'train_images' is '{train_images}'; expected one of {list(TRAIN_IMAGES)}")
+        self.train_images = train_images
         if size_divisor <= 0 or size_divisor % 32:
             raise ConfigError(f"data field 'size_divisor' is {size_divisor}; expected a positive multiple of 32 "
                               "(HRNet's deepest stride)")
@@ -373,7 +380,8 @@ class BAPoseDataModule(L.LightningDataModule):
             EvalTransform(self.input_size, self.size_divisor, self.eval_resize)
         return CocoKeypointDataset(ann, images, meta=self.meta, codec=self.codec if train else None,
                                    transform=transform, train=train, on_bad_sample=self.on_bad_sample,
-                                   keypoints_field=self.keypoints_field, data=self._json_cache.pop(ann, None))
+                                   keypoints_field=self.keypoints_field, data=self._json_cache.pop(ann, None),
+                                   train_images=self.train_images)
 
     def setup(self, stage: str | None = None) -> None:
         self.eval_mode  # noqa: B018 - the rule set, decided while its json is read once for the datasets anyway

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _MAX_LISTED = 5  # how many missing image paths an error message names
+TRAIN_IMAGES = ("labelled", "annotated")  # CocoKeypointDataset(train_images=...)
 _JPEG_TAIL = 256  # bytes at the end of a JPEG searched for its end-of-image marker
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
@@ -209,8 +210,12 @@ class CocoKeypointDataset(Dataset):
         codec: encodes training targets (``BAPoseCodec``); needed when ``train``.
         transform: ``TrainTransform`` (train) or ``EvalTransform`` (eval); None builds the default from
             ``input_size`` (training defaults: DEKR's augmentation).
-        train: training samples (augmented, targets encoded, only images with a labelled person) or evaluation
+        train: training samples (augmented, targets encoded, images chosen by ``train_images``) or evaluation
             samples (resized, every image).
+        train_images: which images a training set keeps: ``"labelled"`` (default) those with at least one non-crowd
+            person with a labelled joint; ``"annotated"`` every image with any annotation of the keypoint category,
+            crowd regions and people without keypoints included (DEKR and MMPose: such images add masked
+            background).
         on_bad_sample: "raise" a DataError on a missing/corrupt image, or "skip" it (logged, counted) and drop
             missing images at setup.
         input_size: used only when ``transform`` is None.
@@ -229,15 +234,19 @@ class CocoKeypointDataset(Dataset):
     and ``valid_size`` (2,) int64 (h, w).
 
     Counters: ``num_skipped`` (missing images dropped at setup + unreadable images skipped by this process, with
-    ``on_bad_sample="skip"``) and ``num_without_people`` (training images left out: no person with labelled joints).
+    ``on_bad_sample="skip"``) and ``num_without_people`` (training images left out by ``train_images``).
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, meta: DatasetMeta | None = None,
                  codec: KeypointEncoder | None = None, transform: TrainTransform | EvalTransform | None = None,
                  train: bool = True, on_bad_sample: str = "raise", input_size: int = 512,
-                 size_divisor: int = 32, keypoints_field: str = "keypoints", data: dict | None = None) -> None:
+                 size_divisor: int = 32, keypoints_field: str = "keypoints", data: dict | None = None,
+                 train_images: str = "labelled") -> None:
         if on_bad_sample not in ("raise", "skip"):
             raise ConfigError(f"field 'on_bad_sample' is '{on_bad_sample}'; expected 'raise' or 'skip'")
+        if train_images not in TRAIN_IMAGES:
+            raise ConfigError(f"field 'train_images' is '{train_images}'; expected one of {list(TRAIN_IMAGES)}")
+        self.train_images = train_images
         if train and codec is None:
             raise ConfigError(f"{where(ann_file)}: a training dataset needs a codec to encode targets")
         self.ann_file = Path(ann_file)
@@ -321,12 +330,18 @@ class CocoKeypointDataset(Dataset):
         ids = list(self._images)
         self.num_without_people = 0
         if self.train:
-            # DEKR trains only on images showing at least one person with labelled keypoints
-            ids = [i for i in ids if any(self._labelled[j] and not self._iscrowd[j] for j in self._per_image[i])]
+            if self.train_images == "annotated":
+                # DEKR (COCOKeypoints: getAnnIds(iscrowd=None) > 0) and MMPose (bottom-up: every image with an
+                # instance): images with only crowd regions or unlabelled people train the background, masked
+                ids = [i for i in ids if len(self._per_image[i])]
+                what = "no person annotation"
+            else:  # only images with someone to learn a center and offsets from (fewer steps per epoch)
+                ids = [i for i in ids if any(self._labelled[j] and not self._iscrowd[j] for j in self._per_image[i])]
+                what = "no non-crowd person with labelled keypoints"
             self.num_without_people = len(self._images) - len(ids)
             if self.num_without_people:
-                log.info("%s: %d of %d images have no person with labelled keypoints; left out of training",
-                         where(self.ann_file), self.num_without_people, len(self._images))
+                log.info("%s: %d of %d images have %s; left out of training (train_images='%s')",
+                         where(self.ann_file), self.num_without_people, len(self._images), what, self.train_images)
         self.ids = ids
 
     @staticmethod

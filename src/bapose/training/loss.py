@@ -1,4 +1,4 @@
-"""Training loss of BAPose / DEKR: masked heatmap MSE + smooth-L1 offset regression (DEKR units)."""
+"""Training loss of BAPose / DEKR: masked heatmap MSE + smooth-L1 offset regression (MMPose's DEKR balance)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ from torch import Tensor, nn
 
 
 class BAPoseLoss(nn.Module):
-    """Heatmap + offset loss, weighted as DEKR weights them.
+    """Heatmap + offset loss, with the offset balance of MMPose's DEKR reproduction.
 
     * heatmaps: ``mean(heatmap_weights * (pred - gt)**2)`` over every entry of the batch — DEKR's ``HeatmapLoss``
-      (mean over channels and pixels per image, then over images; identical for equal-sized maps).
-    * offsets: ``sum(offset_weights * smooth_l1(pred - gt, beta)) / num_pos`` where ``num_pos`` counts the positive
-      weighted *entries* (pixels x 2K channels, DEKR's ``OffsetsLoss`` broadcasts its weights to 2K channels
-      before counting), so the magnitude matches DEKR's and the 0.03 factor carries over unchanged.
+      and MMPose's ``KeypointMSELoss`` (mean over channels and pixels per image, then over images).
+    * offsets: ``sum(offset_weights * smooth_l1(pred - gt, beta)) / num_pos``, ``num_pos`` the positive weighted
+      *entries* of the whole batch (pixels x 2K channels): MMPose's ``SoftWeightSmoothL1Loss`` with
+      ``supervise_empty=False`` (and DEKR's ``OffsetsLoss``, which counts the same way).
+
+    The factor on the offset term depends on what ``offset_weights`` hold. The codec's weight is 1 / diagonal of
+    the person's labelled-joint box in **output-grid** pixels: MMPose's SPR targets, for which MMPose sets the
+    displacement loss weight to 0.002 (COCO) / 0.004 (CrowdPose). DEKR's 0.03 belongs to another weight,
+    1 / sqrt(area) in **input** pixels with an area that also spans the image origin (DEKR's ``get_joints`` puts
+    the not-yet-set center row and unlabelled joints at (0, 0) before measuring the box); 0.03 on our weights
+    makes the offset term 15x MMPose's and, per person, 5-21x DEKR's (sample people). See README "Paper protocol".
 
     Args:
-        heatmap_weight: factor on the heatmap term (DEKR: 1.0).
-        offset_weight: factor on the offset term (DEKR: 0.03).
-        beta: smooth-L1 transition point in output-grid pixels (DEKR: 1/9).
+        heatmap_weight: factor on the heatmap term (DEKR, MMPose: 1.0).
+        offset_weight: factor on the offset term (MMPose: 0.002 COCO, 0.004 CrowdPose; DEKR's 0.03 is for its own
+            weights, see above).
+        beta: smooth-L1 transition point in output-grid pixels (DEKR, MMPose: 1/9).
     """
 
-    def __init__(self, heatmap_weight: float = 1.0, offset_weight: float = 0.03, beta: float = 1.0 / 9.0) -> None:
+    def __init__(self, heatmap_weight: float = 1.0, offset_weight: float = 0.002, beta: float = 1.0 / 9.0) -> None:
         super().__init__()
         self.heatmap_weight = float(heatmap_weight)
         self.offset_weight = float(offset_weight)
