@@ -179,6 +179,8 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
     if input_size <= 0 or input_size % 32:
         raise ConfigError(f"field 'input_size' is {input_size}; expected a positive multiple of 32")
     knobs = {key: v for key, v in dict(codec or {}).items() if key != "input_size"}
+    if knobs.get("oks_sigmas") is None:  # pose NMS by OKS with the joint set's own sigmas
+        knobs["oks_sigmas"] = tuple(dmeta.sigmas)
     codec_obj = BAPoseCodec(input_size=input_size, **knobs).with_checkpoint_defaults(info.get("codec"))
     return LoadedModel(net=net, codec=codec_obj, meta=dmeta,
                        input_size=input_size, path=path, info=info)

@@ -199,6 +199,8 @@ class BAPoseDataModule(L.LightningDataModule):
                 if kwargs.setdefault("input_size", self.input_size) != self.input_size:
                     raise ConfigError(f"codec field 'input_size' is {kwargs['input_size']}; expected data.input_size "
                                       f"{self.input_size}")
+                if kwargs.get("oks_sigmas") is None:  # pose NMS by OKS compares poses as the evaluator would
+                    kwargs["oks_sigmas"] = tuple(self.meta.sigmas)
                 self._codec = BAPoseCodec(**kwargs)
             else:
                 self._codec = cfg
