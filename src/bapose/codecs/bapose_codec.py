@@ -347,55 +347,59 @@ class BAPoseCodec:
                        peak: np.ndarray, pixel: np.ndarray, status: np.ndarray) -> np.ndarray:
         """``center_collision=nearest_free``: give every person a center peak that survives center NMS.
 
-        People are placed in ``order``; a candidate pixel ``q`` with Gaussian centre ``c`` is free when, in the
-        merged center map, ``q`` beats every placed person's Gaussian inside its NMS window and ``c`` does not beat
-        any placed person at their own pixel inside theirs (Gaussians are radially decreasing, so the strongest
-        value of a Gaussian inside a window is at the window pixel nearest its centre). Candidates: the natural
-        pixel with the sub-pixel Gaussian, then pixels by distance to the center with the Gaussian on the pixel.
-        Updates ``peak``, ``pixel``, ``status`` in place; returns the people that got a center, in placement order.
+        A pixel ``q`` with Gaussian centre ``c`` is free when, in the merged center map, ``q`` beats every placed
+        person's Gaussian inside its NMS window and ``c`` does not beat any placed person at their own pixel inside
+        theirs (a Gaussian is strongest at the window pixel nearest its centre, so one value per pair decides).
+        People whose natural center clashes with nobody keep it; the others are placed after them, in ``order``
+        (larger first), each on the first free candidate: the natural pixel with the sub-pixel Gaussian, then pixels
+        by distance to the center with the Gaussian on the pixel. Updates ``peak``, ``pixel``, ``status`` in place;
+        returns ``order`` restricted to the people that got a center.
         """
         h, w = grid_hw
         r = self._kernel(h, w) // 2
-        reach = max(self.offset_radius, r + 1)
         two_s2 = 2.0 * self.center_sigma**2
-        d = np.arange(-reach, reach + 1)
-        square = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)  # (S, 2) (dx, dy)
         limit = np.array([w - 1, h - 1])
-        placed_pix = np.zeros((0, 2), np.int64)
-        placed_peak = np.zeros((0, 2))
-        placed_val = np.zeros(0)
-        kept = []
 
-        def free(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:
-            """``(C,)`` bool for candidates ``pix (C, 2)`` int with Gaussian centres ``cen (C, 2)``."""
-            own = np.exp(-((pix - cen) ** 2).sum(-1) / two_s2)  # (C,)
-            lo_w, hi_w = np.maximum(pix - r, 0)[:, None], np.minimum(pix + r, limit)[:, None]  # (C, 1, 2)
-            near = np.clip(np.round(placed_peak)[None], lo_w, hi_w)  # (C, P, 2)
-            theirs = np.exp(-((near - placed_peak[None]) ** 2).sum(-1) / two_s2).max(1)  # (C,)
-            lo_p, hi_p = np.maximum(placed_pix - r, 0)[None], np.minimum(placed_pix + r, limit)[None]  # (1, P, 2)
-            near = np.clip(np.round(cen)[:, None], lo_p, hi_p)  # (C, P, 2)
-            mine = np.exp(-((near - cen[:, None]) ** 2).sum(-1) / two_s2)  # (C, P)
-            return (own > theirs + _PEAK_MARGIN) & (mine + _PEAK_MARGIN < placed_val[None]).all(1)
+        def own(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C,) each Gaussian at its own pixel
+            return np.exp(-((pix - cen) ** 2).sum(-1) / two_s2)
 
-        for i in order:
-            pix, cen = ci[i][None], center[i][None]
-            if len(placed_val) and not free(pix, cen)[0]:
-                cand = ci[i] + square
-                cand = cand[((cand >= 0) & (cand <= limit)).all(1)]
-                cand = cand[np.argsort(((cand - center[i]) ** 2).sum(-1), kind="stable")]
-                ok = np.nonzero(free(cand, cand.astype(np.float64)))[0]
-                if not len(ok):
-                    status[i], peak[i], pixel[i] = _BLOCKED, np.nan, -1
-                    continue
-                pix = cand[ok[:1]]
-                cen = pix.astype(np.float64)
-                status[i] = _SNAPPED if (pix[0] == ci[i]).all() else _MOVED
-                peak[i], pixel[i] = cen[0], pix[0]
-            placed_pix = np.concatenate([placed_pix, pix])
-            placed_peak = np.concatenate([placed_peak, cen])
-            placed_val = np.append(placed_val, np.exp(-((pix[0] - cen[0]) ** 2).sum() / two_s2))
-            kept.append(i)
-        return np.asarray(kept, np.int64)
+        def strongest(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C, P): Gaussian p inside window(c)
+            near = np.clip(np.round(cen)[None], np.maximum(pix - r, 0)[:, None], np.minimum(pix + r, limit)[:, None])
+            return np.exp(-((near - cen[None]) ** 2).sum(-1) / two_s2)
+
+        # all natural centers at once: most people clash with nobody (one vectorised test, no loop)
+        pix0, cen0 = ci[order], center[order]
+        val0 = own(pix0, cen0)
+        threat = strongest(pix0, cen0)  # [i, j]: j's Gaussian inside i's window
+        np.fill_diagonal(threat, -np.inf)
+        clash = threat + _PEAK_MARGIN >= val0[:, None]
+        clash = clash.any(1) | clash.any(0)
+        placed_pix, placed_peak, placed_val = pix0[~clash], cen0[~clash], val0[~clash]
+
+        d = np.arange(-max(self.offset_radius, r + 1), max(self.offset_radius, r + 1) + 1)
+        square = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)  # (S, 2) (dx, dy)
+        for i in order[clash]:
+            cand = np.concatenate([ci[i][None], ci[i] + square])
+            cand = cand[((cand >= 0) & (cand <= limit)).all(1)]
+            dist = ((cand[1:] - center[i]) ** 2).sum(-1)
+            cand = np.concatenate([cand[:1], cand[1:][np.argsort(dist, kind="stable")]])
+            cen = cand.astype(np.float64)
+            cen[0] = center[i]  # the natural pixel first, with the sub-pixel Gaussian; then on pixels
+            val = own(cand, cen)
+            free = (val > strongest(cand, placed_peak).max(1, initial=-np.inf) + _PEAK_MARGIN) \
+                & (strongest(placed_pix, cen).T + _PEAK_MARGIN < placed_val[None]).all(1)
+            hit = np.nonzero(free)[0]
+            if not len(hit):
+                status[i], peak[i], pixel[i] = _BLOCKED, np.nan, -1
+                continue
+            j = hit[0]
+            if j > 0:
+                status[i] = _SNAPPED if (cand[j] == ci[i]).all() else _MOVED
+            peak[i], pixel[i] = cen[j], cand[j]
+            placed_pix = np.concatenate([placed_pix, cand[j:j + 1]])
+            placed_peak = np.concatenate([placed_peak, cen[j:j + 1]])
+            placed_val = np.append(placed_val, val[j])
+        return order[pixel[order, 0] >= 0]
 
     def _owners(self, order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, diag: np.ndarray,
                 grid_hw: tuple[int, int]) -> np.ndarray:
