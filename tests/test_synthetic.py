@@ -301,13 +301,18 @@ def test_options_added_later_keep_the_cache_key_of_earlier_datasets() -> None:
         SynthSpec(stack_prob=1.5)
 
 
-def test_dense_crowds_collide_and_the_default_codec_loses_nobody(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def dense_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return ensure_dataset(tmp_path_factory.mktemp("synth") / "dense", **DENSE)
+
+
+def test_dense_crowds_collide_and_the_default_codec_loses_nobody(dense_set: dict[str, Path]) -> None:
     """The codec bound on generated dense crowds at 512: the default rules find everyone (AP 1), DEKR's lose people
     to each crowd cause; centers collide often (the point of the set)."""
     from bapose.codecs import BAPoseCodec
     from bapose.codecs.upper_bound import upper_bound
 
-    paths = ensure_dataset(tmp_path / "dense", **DENSE)
+    paths = dense_set
     stats = dataset_stats(paths["val_ann"])
     assert stats["people_per_image"] >= 10
     data = json.loads(paths["val_ann"].read_text())
@@ -329,3 +334,18 @@ def test_cli_writes_dense_crowds(tmp_path: Path, capsys: pytest.CaptureFixture) 
     params = json.loads((tmp_path / "d" / MARKER).read_text())["params"]
     assert params["stack_prob"] == 0.5 and params["min_center_gap"] == 0.0 and params["height_range"] == [0.3, 0.7]
     assert "val: 2 images" in capsys.readouterr().out
+
+
+def test_show_targets_draws_ownership_of_a_dense_crowd(dense_set: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    out = tmp_path / "own.png"
+    monkeypatch.setattr(sys, "argv", ["show_targets.py", "--ownership", "--ann", str(dense_set["val_ann"]), "--images",
+                                      str(dense_set["val_images"]), "--input-size", "256", "--n", "2", "--out",
+                                      str(out)])
+    runpy.run_path(str(REPO / "scripts" / "show_targets.py"), run_name="__main__")
+    img = cv2.imread(str(out))
+    # 2 rows (images) x 3 panels (ground truth, DEKR's rules, ours) of a 40-cell crop at x3: 480 px each
+    assert img.shape == (2 * 480, 3 * 480, 3)
+    assert np.abs(img[:, 480:960].astype(int) - img[:, 960:].astype(int)).mean() > 1  # the rules differ
