@@ -6,19 +6,34 @@
 One row per sample: (1) the augmented image with labelled keypoints (left joints orange, right blue, others green)
 and the skeleton, ignore regions tinted red; (2) the joint heatmaps (max over joints, yellow) and the center map
 (magenta) over the image, zero-weight pixels dark red; (3) offset arrows from each person's center pixel to its joints.
+
+Offset ownership in crowds, DEKR's rules against the default ones (the most crowded images of the json, as
+evaluation resizes them):
+
+    python scripts/show_targets.py --ownership --ann data/dense/annotations/val.json --images data/dense/val \
+        --input-size 512 --n 2 --out ownership.png
+
+One row per image: the ground truth, then per rule set every grid pixel tinted with the colour of the person whose
+offsets it carries, each person's center pixel as a white-ringed dot in their colour, and the people that set loses
+crossed out in red with the cause (``bapose.codecs.upper_bound``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from bapose.cli.score import resolve_dataset
 from bapose.codecs import BAPoseCodec
+from bapose.codecs.upper_bound import outcomes
 from bapose.data.dataset import CocoKeypointDataset, read_image
+from bapose.data.transforms import EvalTransform, apply_affine, invert_affine
+from bapose.vis import draw_ownership, draw_poses
 
 LEFT, RIGHT, MID = (255, 140, 0), (40, 120, 255), (60, 220, 60)  # RGB
 
@@ -77,6 +92,85 @@ def draw_offsets(image: np.ndarray, targets: dict, codec: BAPoseCodec, colours, 
     return out
 
 
+RULES = {"DEKR rules": {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"},
+         "default rules": {}}
+_SHORT = {"center_collision": "collision", "offsets_owned": "offsets", "pose_nms": "pose NMS", "no_center": "no center",
+          "max_people": "top-k", "low_oks": "OKS"}
+
+
+def ownership_panel(image: np.ndarray, outcome, codec: BAPoseCodec, title: str, origin: tuple[int, int] = (0, 0),
+                    zoom: int = 1) -> np.ndarray:
+    """:func:`bapose.vis.draw_ownership` of one rule set's outcome, titled with who it loses and why."""
+    lay = outcome.layout
+    lost = outcome.causes != "found"
+    out = draw_ownership(image, lay.owner, lay.pixel, lay.center, lost, codec.stride, origin, zoom)
+    counts: dict[str, int] = {}
+    for cause in outcome.causes[lost]:
+        counts[_SHORT[cause]] = counts.get(_SHORT[cause], 0) + 1
+    why = ", ".join(f"{v} {k}" for k, v in counts.items())
+    _label(out, f"{title}: lost {int(lost.sum())} of {len(lost)}" + (f" ({why})" if why else ""))
+    return out
+
+
+def _label(img: np.ndarray, text: str) -> None:
+    cv2.rectangle(img, (0, 0), (img.shape[1], 20), (0, 0, 0), -1)
+    cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def render_ownership(ann: Path, images: Path, n: int, input_size: int, crop: int = 40, zoom: int = 3) -> np.ndarray:
+    """RGB rows for the ``n`` images with the most people: the ground truth, then the ownership under each rule set
+    of :data:`RULES`, on the ``crop`` x ``crop`` grid pixels around where DEKR's rules lose the most people,
+    magnified ``zoom`` times."""
+    data = json.loads(Path(ann).read_text())
+    meta, mode = resolve_dataset(data)
+    per: dict[int, list[dict]] = {}
+    for a in data["annotations"]:
+        if not a.get("iscrowd") and a.get("num_keypoints", 1) > 0:
+            per.setdefault(a["image_id"], []).append(a)
+    infos = sorted(data["images"], key=lambda im: -len(per.get(im["id"], [])))[:n]
+    rows = []
+    for info in infos:
+        anns = per[info["id"]]
+        sample = EvalTransform(input_size)(read_image(Path(images) / info["file_name"]))
+        image, to_orig = sample["image"], sample["input_to_orig"]
+        orig = np.asarray([a["keypoints"] for a in anns], np.float64).reshape(len(anns), meta.num_keypoints, 3)
+        kp = orig.copy()
+        kp[..., :2] = apply_affine(orig[..., :2], invert_affine(to_orig))
+        (rh, rw), (h, w) = sample["valid_size"], (info["height"], info["width"])
+        areas = np.asarray([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns]) * rh / h * rw / w
+        scales = np.asarray([a["bbox"][2] * a["bbox"][3] * 0.53 if mode == "crowdpose" else a.get("area", 1.0)
+                             for a in anns])
+        results = {}
+        for title, rules in RULES.items():
+            codec = BAPoseCodec(input_size=input_size, oks_sigmas=meta.sigmas, **rules)
+            results[title] = (codec, outcomes(codec, kp, areas, image.shape[:2], meta.sigmas, scales, 0.95, orig,
+                                              to_orig))
+        # the crop: the window holding the most centers of people the first rule set loses (then of anyone)
+        first = next(iter(results.values()))[1]
+        gh, gw = image.shape[0] // codec.stride, image.shape[1] // codec.stride
+        size = min(crop, gh, gw)
+        centers = np.nan_to_num(first.layout.center, nan=-1e9)
+        weight = np.where(first.causes != "found", 100.0, 1.0)
+        best, ox, oy = -np.inf, 0, 0
+        for y in range(0, gh - size + 1, 2):
+            for x in range(0, gw - size + 1, 2):
+                inside = ((centers >= [x + 2, y + 2]) & (centers < [x + size - 2, y + size - 2])).all(1)
+                # most weight inside, then the lost people nearest the middle
+                score = weight[inside].sum() - 0.01 * np.abs(centers[inside] - [x + size / 2, y + size / 2]).sum()
+                if score > best:
+                    best, ox, oy = score, x, y
+        s = codec.stride
+        patch = image[oy * s:(oy + size) * s, ox * s:(ox + size) * s]
+        patch = cv2.resize(patch, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
+        shifted = kp.copy()
+        shifted[..., :2] = (kp[..., :2] - np.array([ox * s, oy * s]) + 0.5) * zoom - 0.5
+        panel = draw_poses(patch, shifted, None, meta, show_scores=False)
+        _label(panel, f"image {info['id']}: {len(anns)} people (crop, x{zoom})")
+        panels = [panel] + [ownership_panel(patch, out, c, title, (ox, oy), zoom) for title, (c, out) in results.items()]
+        rows.append(np.concatenate(panels, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
 def render(ann: Path, images: Path, n: int, input_size: int, seed: int) -> np.ndarray:
     """The (n * S, 3 * S, 3) RGB grid."""
     codec = BAPoseCodec(input_size)
@@ -110,9 +204,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("grid.png"))
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ownership", action="store_true",
+                        help="offset ownership and lost people, DEKR's rules against the default ones")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    grid = render(args.ann, args.images, args.n, args.input_size, args.seed)
+    if args.ownership:
+        grid = render_ownership(args.ann, args.images, args.n, args.input_size)
+    else:
+        grid = render(args.ann, args.images, args.n, args.input_size, args.seed)
     cv2.imwrite(str(args.out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]})")
     return args.out

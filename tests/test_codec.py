@@ -68,8 +68,8 @@ def test_small_people_keep_joints_but_get_no_center_and_no_offsets() -> None:
     assert t["heatmaps"][:K].max() > 0.9
 
 
-def test_smaller_person_keeps_overlapping_offset_pixels() -> None:
-    codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False)
+def test_smaller_person_keeps_overlapping_offset_pixels_under_dekr_rules() -> None:
+    codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False, offset_owner="smaller")
     big = make_people(1, 128, seed=1, spread=40)
     small = big.copy()
     small[..., :2] = (big[..., :2] - big[0, :, :2].mean(0)) * 0.3 + big[0, :, :2].mean(0) + 12.0  # centre 3 px away
@@ -77,14 +77,38 @@ def test_smaller_person_keeps_overlapping_offset_pixels() -> None:
     gs = (small[0, :, :2] + 0.5) / 4 - 0.5
     c_small = np.round(gs.mean(0)).astype(int)
     c_big = np.round(((big[0, :, :2] + 0.5) / 4 - 0.5).mean(0)).astype(int)
-    assert np.abs(c_small - c_big).max() <= 8  # squares overlap
-    x, y = c_small
-    assert t["offsets"][0, y, x] + x == pytest.approx(gs[0, 0], abs=1e-5)
+    assert np.abs(c_small - c_big).max() <= 4  # each center inside the other's square
+    for x, y in (c_small, c_big):  # both center pixels, even the big person's own, carry the smaller person
+        assert t["offsets"][0, y, x] + x == pytest.approx(gs[0, 0], abs=1e-5)
     # the pixel carries the smaller person's weight (1 / its smaller diagonal)
     diag_small = np.hypot(*(gs.max(0) - gs.min(0)))
-    assert t["offset_weights"][0, y, x] == pytest.approx(1 / diag_small, rel=1e-5)
+    assert t["offset_weights"][0, c_small[1], c_small[0]] == pytest.approx(1 / diag_small, rel=1e-5)
     gb = (big[0, :, :2] + 0.5) / 4 - 0.5
     assert 1 / diag_small > 1 / np.hypot(*(gb.max(0) - gb.min(0)))
+
+
+def test_default_rules_give_each_person_their_center_pixel_and_the_nearest_center_the_rest() -> None:
+    codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False)
+    big = make_people(1, 128, seed=1, spread=40)
+    small = big.copy()
+    small[..., :2] = (big[..., :2] - big[0, :, :2].mean(0)) * 0.3 + big[0, :, :2].mean(0) + 12.0
+    kp = np.concatenate([big, small])
+    t = codec.encode(kp, np.array([1e4, 1e4]))
+    lay = codec.layout(kp, np.array([1e4, 1e4]), (32, 32))
+    g = (kp[..., :2] + 0.5) / 4 - 0.5
+    centers = g.mean(1)
+    for p in (0, 1):  # each person's own center pixel regresses their own joints
+        x, y = lay.pixel[p]
+        assert lay.owner[y, x] == p
+        np.testing.assert_allclose(t["offsets"][0::2, y, x] + x, g[p, :, 0], atol=1e-5)
+    ys, xs = np.nonzero(lay.owner >= 0)
+    d = np.hypot(xs[:, None] - centers[None, :, 0], ys[:, None] - centers[None, :, 1])  # (P, 2)
+    both = (np.abs(xs[:, None] - lay.pixel[None, :, 0]) <= 4).all(1) & (np.abs(ys[:, None] - lay.pixel[None, :, 1])
+                                                                          <= 4).all(1)
+    own_center = (lay.pixel[None] == np.stack([xs, ys], 1)[:, None]).all(-1).any(1)
+    pick = both & ~own_center & (np.abs(d[:, 0] - d[:, 1]) > 1e-9)
+    assert pick.sum() > 20  # the squares overlap on many pixels; there the nearest center wins
+    np.testing.assert_array_equal(lay.owner[ys[pick], xs[pick]], d[pick].argmin(1))
 
 
 def test_per_joint_offset_weights_zero_unlabelled_joints() -> None:
@@ -121,14 +145,17 @@ def test_decode_is_batched_and_matches_per_image() -> None:
         torch.testing.assert_close(single.poses, batched[i].poses)
 
 
-def test_pose_nms_removes_duplicates_only() -> None:
-    codec = BAPoseCodec(input_size=128)
+@pytest.mark.parametrize("rule", ["dekr", "oks"])
+def test_pose_nms_removes_duplicates_only(rule: str) -> None:
+    codec = BAPoseCodec(input_size=128, pose_nms=rule)
     a = torch.from_numpy(make_people(2, 128)[..., :2]).float()
     poses = torch.cat([torch.cat([a, a[:1] + 0.5]), torch.ones(3, K, 1)], -1)  # third = copy of first, 0.5 px away
-    keep = codec.pose_nms(poses, torch.tensor([0.9, 0.8, 0.7]))
-    assert keep.tolist() == [0, 1]
-    keep = codec.pose_nms(poses, torch.tensor([0.5, 0.8, 0.7]))
-    assert keep.tolist() == [1, 2]
+    keep = codec.remove_duplicates(poses, torch.tensor([0.9, 0.8, 0.7]))
+    assert sorted(keep.tolist()) == [0, 1]
+    keep = codec.remove_duplicates(poses, torch.tensor([0.5, 0.8, 0.7]))
+    assert sorted(keep.tolist()) == [1, 2]
+    assert sorted(BAPoseCodec(input_size=128, pose_nms="none").remove_duplicates(poses, torch.ones(3)).tolist()) \
+        == [0, 1, 2]
 
 
 def mirror(kp: np.ndarray, width: int) -> np.ndarray:

@@ -40,6 +40,10 @@ def test_experiment_composes_and_instantiates(name, tmp_path):
         assert list(cfg.scheduler.milestones) == ([90, 120] if coco else [200, 260])
         assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
         assert 40 <= cfg.data.batch_size * cfg.trainer.devices <= 80  # DESIGN §4: 40-80 images per step
+    # the DEKR baseline rows decode and encode with DEKR's exact rules (codec=dekr), every other row with ours
+    codec = BAPoseCodec(**{**OmegaConf.to_container(cfg.codec, resolve=True), "input_size": size})
+    assert ((codec.offset_owner, codec.center_collision, codec.nms_rule) == ("smaller", "ignore", "dekr")) \
+        == ("dekr" in name)
     t0 = time.perf_counter()
     module = build_module(cfg, codec=BAPoseCodec(input_size=size))
     assert isinstance(module, BAPoseModule) and module.net.num_keypoints == cfg.data.num_keypoints

@@ -288,4 +288,4 @@ def test_converted_checkpoint_in_eval_predict_and_export(tmp_path, tiny_dekr, co
 
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "dekr.onnx")).metadata_props}
     decode = json.loads(props["decode"])
-    assert decode["grid_align"] == "dekr" and decode["eval_resize"] == "dekr"
+    assert decode["grid_align"] == "dekr" and props["eval_resize"] == "dekr"

@@ -75,16 +75,17 @@ def test_joint_scores_read_the_heatmaps_where_dekr_does():
     for coord, at in ((0, -3.0), (2, 77.5), (4, 200.0), (7, 46.2), (9, 50.0)):
         offsets[0, coord, 5, 7] = at / 4 - (7 if coord % 2 == 0 else 5)
     codec = dekr_codec((4 * h, 4 * w), center_threshold=0.01, max_people=1)
-    centers, joints, valid = codec.candidates(heatmaps, offsets)
+    centers, joints, center_scores, valid = codec.candidates(heatmaps, offsets)
     assert valid.all() and torch.equal(centers[0, 0], torch.tensor([28.0, 20.0]))  # 4 * (7, 5)
     assert torch.allclose(joints[0, 0], 4 * (torch.tensor([7.0, 5.0]) + offsets[0, :, 5, 7].view(K, 2)))
     assert torch.allclose(joints[0, 0, [0, 1, 2], 0], torch.tensor([-3.0, 77.5, 200.0]))
-    poses, scores = codec.score(heatmaps, centers, joints)
+    poses, scores, _ = codec._joint_scores(heatmaps, center_scores, joints)
     want = 0.9 * _dekr_heat_values(heatmaps, joints[0])
     assert torch.allclose(poses[0, :, :, 2], want, atol=1e-6)
     assert torch.allclose(scores[0], want.mean(-1), atol=1e-6)
     # not what our own convention reads (bilinear at (x + 0.5) / 4 - 0.5, zero off the map)
-    ours = BAPoseCodec(input_size=(4 * h, 4 * w), refine_radius=0, max_people=1).score(heatmaps, centers, joints)[0]
+    ours = BAPoseCodec(input_size=(4 * h, 4 * w), refine_radius=0, max_people=1)._joint_scores(
+        heatmaps, center_scores, joints)[0]
     assert (ours[0, :, :, 2] - want).abs().max() > 1e-3
 
 

@@ -67,16 +67,17 @@ def test_onnx_matches_pytorch_on_a_real_image(tmp_path, busy_ckpt, coco_sample):
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(props["num_keypoints"]) == 17 and json.loads(props["keypoints"])[0] == "nose"
 
-    # deployment path: onnxruntime outputs + numpy decoder == torch net + torch codec
+    # deployment path: onnxruntime outputs + numpy decoder with the file's decode knobs == torch net + torch codec
     x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(1))
     h, o = run_onnx(tmp_path / "m.onnx", x.numpy(), threads=1)
-    codec = BAPoseCodec(input_size=64)
     from bapose import load_model
 
-    net = load_model(busy_ckpt).net
+    loaded = load_model(busy_ckpt)
+    knobs = json.loads(props["decode"])
+    assert knobs["pose_nms"] == loaded.codec.nms_rule == "oks" and len(knobs["oks_sigmas"]) == 17
     with torch.no_grad():
-        ref = codec.decode(*net(x))
-    got = decode_numpy(h, o)
+        ref = loaded.codec.decode(*loaded.net(x))
+    got = decode_numpy(h, o, **knobs)
     for r, (poses, scores) in zip(ref, got):
         assert poses.shape == tuple(r.poses.shape) and len(scores) > 0
         assert np.abs(poses - r.poses.numpy()).max() < 1e-3
@@ -97,25 +98,40 @@ def _planted_maps(b: int = 2, k: int = 17, h: int = 24, w: int = 40, seed: int =
     for i in range(b):                                # a few clear centers, two of them near each other
         for cy, cx in ((5, 5), (6, 8), (15, 30), (20, 3)):
             hm[i, k, cy, cx] = 0.9 - 0.1 * i
+        # (6, 8) regresses nearly the pose of (5, 5): a duplicate every pose NMS rule removes
+        dup = off[i, 0::2, 5, 5] + 5 - 8, off[i, 1::2, 5, 5] + 5 - 6
+        off[i, 0::2, 6, 8], off[i, 1::2, 6, 8] = dup[0] + 0.05, dup[1] - 0.05
     return hm, off
 
 
-@pytest.mark.parametrize(("kernel", "refine"), [(0, 0), (5, 0), (0, 2)])
-def test_numpy_decoder_equals_torch_codec(kernel, refine):
+@pytest.mark.parametrize(("kernel", "refine", "rule", "align"),
+                         [(0, 0, "oks", "center"), (5, 0, "oks", "center"), (0, 2, "oks", "center"),
+                          (0, 0, "dekr", "center"), (0, 2, "dekr", "center"), (0, 0, "none", "center"),
+                          (0, 0, "dekr", "dekr"), (0, 2, "oks", "dekr")])
+def test_numpy_decoder_equals_torch_codec(kernel, refine, rule, align):
     hm, off = _planted_maps()
-    codec = BAPoseCodec(input_size=96, nms_kernel=kernel, refine_radius=refine)
+    sigmas = DatasetMeta.coco().sigmas
+    codec = BAPoseCodec(input_size=96, nms_kernel=kernel, refine_radius=refine, pose_nms=rule, oks_sigmas=sigmas,
+                        max_people_after_nms=5, grid_align=align)
     ref = codec.decode(torch.from_numpy(hm), torch.from_numpy(off))
     got = decode_numpy(hm, off, stride=codec.stride, max_people=codec.max_people,
-                       center_threshold=codec.center_threshold, nms_kernel=kernel, refine_radius=refine)
+                       center_threshold=codec.center_threshold, nms_kernel=kernel, refine_radius=refine,
+                       pose_nms=rule, oks_sigmas=sigmas, max_people_after_nms=5, grid_align=align)
     assert len(got) == len(ref) == 2
     for r, (poses, scores) in zip(ref, got):
         assert poses.shape == tuple(r.poses.shape) and poses.shape[0] >= 4
-        np.testing.assert_allclose(poses, r.poses.numpy(), atol=1e-4)
-        np.testing.assert_allclose(scores, r.scores.numpy(), atol=1e-6)
+        order_t, order_n = np.argsort(-r.scores.numpy(), kind="stable"), np.argsort(-scores, kind="stable")
+        np.testing.assert_allclose(poses[order_n], r.poses.numpy()[order_t], atol=1e-4)
+        np.testing.assert_allclose(scores[order_n], r.scores.numpy()[order_t], atol=1e-6)
     # one image without the batch axis, and a threshold nobody passes
-    single = decode_numpy(hm[0], off[0], nms_kernel=kernel, refine_radius=refine)
+    single = decode_numpy(hm[0], off[0], nms_kernel=kernel, refine_radius=refine, pose_nms=rule, oks_sigmas=sigmas,
+                          max_people_after_nms=5, grid_align=align)
     np.testing.assert_allclose(single[0][0], got[0][0])
     assert decode_numpy(hm, off, center_threshold=1.0)[0][0].shape == (0, 17, 3)
+    if align == "dekr":  # the convention changes the answer: x = 4g, not 4g + 1.5
+        other = decode_numpy(hm, off, nms_kernel=kernel, refine_radius=refine, pose_nms=rule, oks_sigmas=sigmas,
+                             max_people_after_nms=5)
+        assert np.abs(other[0][0][:, :, :2] - got[0][0][:, :, :2]).max() >= 1.0
 
 
 def test_numpy_decoder_recovers_encoded_people(coco_sample):

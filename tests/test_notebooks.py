@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def test_targets_notebook_runs_and_round_trips():
     nb = _run("01_targets.ipynb")
     text = _text(nb)
     assert "heatmaps         (18, 64, 112)" in text   # K+1 maps at stride 4 of the 256 x 448 padded input
-    assert "decoded" in text and _images(nb) == 1
+    assert "decoded" in text and _images(nb) == 2
+    # the crowd cell: DEKR's rules lose people of a generated dense crowd, the default rules nobody
+    dekr = re.search(r"DEKR rules: lost (\d+) of (\d+)", text)
+    assert dekr and int(dekr.group(1)) > 0 and "default rules: lost 0 of" in text
 
 
 def test_ablations_notebook_reads_fixture_sweep_and_plots():

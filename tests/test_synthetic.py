@@ -284,3 +284,68 @@ def test_codec_upper_bound_on_generated_data(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     ap = float(res.stdout.strip().splitlines()[-1].split("=")[1])
     assert ap >= 0.99
+
+
+# dense crowds: 10-16 people, stacked one behind another so centers share grid pixels (bapose-synth options)
+DENSE = dict(num_train=0, num_val=6, image_size=256, seed=2, people=(10, 16), min_center_gap=0.0, stack_prob=0.5,
+             min_visible=0.15, min_area=600.0, height_range=(0.3, 0.7))
+
+
+def test_options_added_later_keep_the_cache_key_of_earlier_datasets() -> None:
+    # keys of the default and of the demo's dataset before stack_prob / stack_spread / min_area existed
+    assert SynthSpec().key() == "7ea2d6740b04"
+    assert SynthSpec(num_train=1024, num_val=64, image_size=128, people=(1, 3), height_range=(0.5, 0.9)).key() \
+        == "77352e89669f"
+    assert "stack_prob" not in SynthSpec().to_dict() and SynthSpec(stack_prob=0.5).to_dict()["stack_prob"] == 0.5
+    with pytest.raises(ConfigError, match="stack_prob"):
+        SynthSpec(stack_prob=1.5)
+
+
+@pytest.fixture(scope="module")
+def dense_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return ensure_dataset(tmp_path_factory.mktemp("synth") / "dense", **DENSE)
+
+
+def test_dense_crowds_collide_and_the_default_codec_loses_nobody(dense_set: dict[str, Path]) -> None:
+    """The codec bound on generated dense crowds at 512: the default rules find everyone (AP 1), DEKR's lose people
+    to each crowd cause; centers collide often (the point of the set)."""
+    from bapose.codecs import BAPoseCodec
+    from bapose.codecs.upper_bound import upper_bound
+
+    paths = dense_set
+    stats = dataset_stats(paths["val_ann"])
+    assert stats["people_per_image"] >= 10
+    data = json.loads(paths["val_ann"].read_text())
+    meta = DatasetMeta.coco()
+    ours = upper_bound(data, meta, "coco", 512)
+    assert ours.stats["AP"] >= 0.999 and sum(ours.lost.values()) == 0 and ours.people == stats["people"]
+    placed = sum(ours.centers.values())
+    assert placed - ours.centers["ok"] >= 0.1 * placed  # >= 10 % of the natural centers collide
+    dekr = upper_bound(data, meta, "coco", 512, BAPoseCodec(input_size=512, offset_owner="smaller",
+                                                           center_collision="ignore", pose_nms="dekr"))
+    assert dekr.lost["center_collision"] > 0 and dekr.lost["offsets_owned"] > 0 and dekr.stats["AP"] < 0.95
+
+
+def test_cli_writes_dense_crowds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = synth_cli.main(["--out", str(tmp_path / "d"), "--num-train", "0", "--num-val", "2", "--image-size", "128",
+                         "--people", "10", "12", "--min-center-gap", "0", "--stack-prob", "0.5", "--min-visible",
+                         "0.15", "--height-range", "0.3", "0.7"])
+    assert rc == 0
+    params = json.loads((tmp_path / "d" / MARKER).read_text())["params"]
+    assert params["stack_prob"] == 0.5 and params["min_center_gap"] == 0.0 and params["height_range"] == [0.3, 0.7]
+    assert "val: 2 images" in capsys.readouterr().out
+
+
+def test_show_targets_draws_ownership_of_a_dense_crowd(dense_set: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    out = tmp_path / "own.png"
+    monkeypatch.setattr(sys, "argv", ["show_targets.py", "--ownership", "--ann", str(dense_set["val_ann"]), "--images",
+                                      str(dense_set["val_images"]), "--input-size", "256", "--n", "2", "--out",
+                                      str(out)])
+    runpy.run_path(str(REPO / "scripts" / "show_targets.py"), run_name="__main__")
+    img = cv2.imread(str(out))
+    # 2 rows (images) x 3 panels (ground truth, DEKR's rules, ours) of a 40-cell crop at x3: 480 px each
+    assert img.shape == (2 * 480, 3 * 480, 3)
+    assert np.abs(img[:, 480:960].astype(int) - img[:, 960:].astype(int)).mean() > 1  # the rules differ

@@ -7,7 +7,7 @@ import pytest
 
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import DataError
-from bapose.vis import draw_heatmaps, draw_offsets, draw_poses, joint_sides, limb_sides
+from bapose.vis import draw_heatmaps, draw_offsets, draw_ownership, draw_poses, joint_sides, limb_sides
 
 COCO = DatasetMeta.coco()
 
@@ -87,3 +87,21 @@ def test_heatmap_and_offset_overlays():
     arrows = draw_offsets(img, off, wgt, stride=4, meta=COCO)
     changed = np.nonzero(np.abs(arrows.astype(int) - img).sum(-1))
     assert changed[1].min() >= 32 and changed[1].max() >= 50 and abs(changed[0].mean() - 33.5) < 3
+
+
+def test_draw_ownership_tints_owned_cells_marks_centers_and_crosses_out_the_lost():
+    owner = np.full((16, 16), -1)
+    owner[2:7, 2:7] = 0
+    owner[2:7, 7:12] = 1
+    pixels = np.array([[4, 4], [9, 4], [-1, -1]])
+    centers = np.array([[4.2, 4.1], [9.0, 4.0], [12.0, 12.0]])
+    img = np.full((64 * 2, 64 * 2, 3), 100, np.uint8)
+    out = draw_ownership(img, owner, pixels, centers, lost=np.array([False, False, True]), stride=4, zoom=2)
+    cell = 8
+    tint0, tint1 = out[3 * cell + 2, 3 * cell + 2], out[3 * cell + 2, 10 * cell + 2]  # inside each square
+    assert np.abs(tint0.astype(int) - tint1.astype(int)).sum() > 60  # two owners, two colours
+    assert (out[14 * cell + 4, 2 * cell + 4] == 35).all()  # an unowned cell: the image, darkened
+    assert (out[4 * cell + 1, 4 * cell + 4] == 255).all()  # white ring of person 0's center dot
+    x, y = int(12.5 * cell), int(12.5 * cell)  # person 2 is lost: a red cross at its center
+    assert out[y, x, 0] > 200 and out[y, x, 1] < 80
+    assert img.max() == 100  # input untouched

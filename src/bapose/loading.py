@@ -173,6 +173,8 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
     # min_center_area only shapes training targets; its null ("by the dataset's rule set") has no dataset here
     knobs = {key: v for key, v in dict(codec or {}).items()
              if key != "input_size" and not (key == "min_center_area" and v is None)}
+    if knobs.get("oks_sigmas") is None:  # pose NMS by OKS with the joint set's own sigmas
+        knobs["oks_sigmas"] = tuple(dmeta.sigmas)
     codec_obj = BAPoseCodec(input_size=input_size, **knobs).with_checkpoint_defaults(info.get("codec"))
     return LoadedModel(net=net, codec=codec_obj, meta=dmeta, input_size=input_size, path=path, info=info,
                        epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"))

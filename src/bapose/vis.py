@@ -21,7 +21,7 @@ import numpy as np
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import DataError
 
-__all__ = ["draw_heatmaps", "draw_offsets", "draw_poses", "joint_sides", "limb_sides", "person_color"]
+__all__ = ["draw_heatmaps", "draw_offsets", "draw_ownership", "draw_poses", "joint_sides", "limb_sides", "person_color"]
 
 
 def person_color(i: int, saturation: float = 0.85, value: float = 1.0) -> tuple[int, int, int]:
@@ -215,6 +215,61 @@ def draw_offsets(image: np.ndarray, offsets: np.ndarray, weights: np.ndarray, st
         for x0, y0, x1, y1 in zip(to_input(xs), to_input(ys), to_input(ex), to_input(ey)):
             cv2.arrowedLine(out, (round(x0), round(y0)), (round(x1), round(y1)), palette[int(sides[j])], thickness,
                             cv2.LINE_AA, tipLength=0.05)
+    return out
+
+
+def draw_ownership(image: np.ndarray, owner: np.ndarray, pixels: np.ndarray, centers: np.ndarray | None = None,
+                   lost: np.ndarray | None = None, stride: int = 4, origin: tuple[int, int] = (0, 0),
+                   zoom: int = 1) -> np.ndarray:
+    """Who regresses offsets where: each grid pixel tinted with its owner's :func:`person_color`.
+
+    Args:
+        image: RGB uint8 input image, already cropped at grid pixel ``origin`` (x, y) and magnified ``zoom`` times
+            (``(h * stride * zoom, w * stride * zoom, 3)`` for a crop of ``h x w`` grid pixels).
+        owner: ``(H_g, W_g)`` int person index per grid pixel of the whole image, -1 for none (``Layout.owner``).
+        pixels: ``(N, 2)`` each person's center pixel (x, y), -1 for none: a white-ringed dot in their colour.
+        centers: ``(N, 2)`` natural centers (sub-pixel grid): an arrow to a center pixel that was moved.
+        lost: ``(N,)`` bool: these people are crossed out in red at their natural center.
+    """
+    img = _check_image(image)
+    cell = stride * zoom
+    ox, oy = origin
+    gh, gw = img.shape[0] // cell, img.shape[1] // cell
+    own = np.asarray(owner)[oy:oy + gh, ox:ox + gw]
+    pix = np.asarray(pixels, np.int64).reshape(-1, 2)
+    colours = np.array([person_color(i) for i in range(max(len(pix), 1))], np.float32)
+    big = np.repeat(np.repeat(own, cell, 0), cell, 1)
+    out = img.astype(np.float32) * 0.35
+    out[:big.shape[0], :big.shape[1]] = np.where(big[..., None] >= 0, out[:big.shape[0], :big.shape[1]] * 0.4
+                                                 + colours[np.maximum(big, 0)] * 0.6, out[:big.shape[0], :big.shape[1]])
+    out = out.astype(np.uint8)
+    # outline cells on an owner boundary, so neighbouring squares stay apart
+    edge = np.zeros(own.shape, bool)
+    for a, b in ((np.s_[:, 1:], np.s_[:, :-1]), (np.s_[1:, :], np.s_[:-1, :])):
+        differ = own[a] != own[b]
+        edge[a] |= differ
+        edge[b] |= differ
+    for y, x in zip(*np.nonzero(edge & (own >= 0))):
+        cv2.rectangle(out, (int(x * cell), int(y * cell)), (int(x * cell + cell - 1), int(y * cell + cell - 1)),
+                      (20, 20, 20), 1)
+
+    def at(g: np.ndarray) -> tuple[int, int]:  # grid position -> panel pixel (cell centres at integer g)
+        return int(round((g[0] - ox + 0.5) * cell)), int(round((g[1] - oy + 0.5) * cell))
+
+    for p, g in enumerate(pix):
+        if g[0] < 0:
+            continue
+        if centers is not None and np.isfinite(centers[p]).all() and (g != np.round(centers[p])).any():
+            cv2.arrowedLine(out, at(centers[p]), at(g), (255, 255, 255), 1, cv2.LINE_AA, tipLength=0.3)
+        cv2.circle(out, at(g), max(cell // 2, 3), (255, 255, 255), -1, cv2.LINE_AA)
+        cv2.circle(out, at(g), max(cell // 2 - 2, 2), tuple(int(v) for v in colours[p]), -1, cv2.LINE_AA)
+    if lost is not None and centers is not None:
+        r = max(cell // 2, 5)
+        for p in np.nonzero(np.asarray(lost))[0]:
+            if np.isfinite(centers[p]).all():
+                x, y = at(centers[p])
+                cv2.line(out, (x - r, y - r), (x + r, y + r), (255, 30, 30), 2, cv2.LINE_AA)
+                cv2.line(out, (x - r, y + r), (x + r, y - r), (255, 30, 30), 2, cv2.LINE_AA)
     return out
 
 

@@ -103,9 +103,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                 "skeleton": [list(p) for p in meta.skeleton], "input_size": model.input_size,
                 "decode": {"stride": codec.stride, "max_people": codec.max_people,
                            "center_threshold": codec.center_threshold, "nms_kernel": codec.nms_kernel,
-                           "pose_nms_ratio": codec.pose_nms_ratio, "pose_nms_fraction": codec.pose_nms_fraction,
-                           "refine_radius": int(codec.refine_radius or 0), "grid_align": codec.align,
-                           "eval_resize": resize or "pad"},
+                           "pose_nms": codec.nms_rule, "pose_nms_ratio": codec.pose_nms_ratio,
+                           "pose_nms_fraction": codec.pose_nms_fraction, "pose_nms_oks": codec.pose_nms_oks,
+                           "oks_sigmas": list(codec.oks_sigmas or meta.sigmas),
+                           "max_people_after_nms": codec.max_people_after_nms,
+                           "refine_radius": int(codec.refine_radius or 0), "grid_align": codec.align},
+                # how images are resized before the net: pad (short side = input_size, padded right/bottom) | dekr
+                "eval_resize": resize or "pad",
                 "checkpoint": str(model.path)}
     export_onnx(model.net, output, opset=int(cfg.get("opset", 17)), example_hw=tuple(x.shape[-2:]),
                 dynamic=bool(cfg.get("dynamic", True)), metadata=metadata)

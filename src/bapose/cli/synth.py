@@ -3,6 +3,11 @@
     bapose-synth --out data/synth --num-train 1000 --num-val 200 --image-size 256 --seed 0 --keypoints coco \
         --sheet /tmp/synth.png
 
+Dense crowds (10-16 people, heavy overlap, centers that share grid pixels; for ``scripts/codec_upper_bound.py``):
+
+    bapose-synth --out data/dense --num-train 0 --num-val 200 --image-size 384 --people 10 16 \
+        --min-center-gap 0 --stack-prob 0.5 --min-visible 0.15 --min-area 600 --height-range 0.3 0.7
+
 Re-running with the same arguments is a no-op (the folder's marker matches); other arguments on an existing folder
 are an error rather than a silent overwrite.
 """
@@ -83,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoints", choices=("coco", "crowdpose"), default="coco", help="joint set written")
     p.add_argument("--people", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"),
                    help="labelled people per image (inclusive)")
+    # scene options (bapose.data.synthetic.SynthSpec); unset = the SynthSpec default
+    p.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="labelled body height as a fraction of the image height (log-uniform)")
+    p.add_argument("--min-visible", type=float, default=None,
+                   help="least visible fraction of a labelled person's body (default 0.35)")
+    p.add_argument("--min-center-gap", type=float, default=None,
+                   help="least distance between two centers, fraction of the long side (default 0.0625; 0: any)")
+    p.add_argument("--stack-prob", type=float, default=None,
+                   help="chance a person stands right behind / in front of another, centers nearly equal (default 0)")
+    p.add_argument("--stack-spread", type=float, default=None,
+                   help="stacked centers differ by up to this fraction of the long side per axis (default 0.01)")
+    p.add_argument("--min-area", type=float, default=None,
+                   help="least visible body area (pixels) of a labelled person (default 0)")
+    p.add_argument("--background-people", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="tiny unlabelled people per image (default 0 2)")
+    p.add_argument("--crowd-prob", type=float, default=None, help="chance of an iscrowd region (default 0.1)")
     p.add_argument("--workers", type=int, default=1, help="rendering processes (same bytes for any count)")
     p.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG of val images")
     return p
@@ -91,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
+    scene = {name: getattr(args, name) for name in ("height_range", "min_visible", "min_center_gap", "stack_prob",
+                                                    "stack_spread", "min_area", "background_people", "crowd_prob")}
+    scene = {k: tuple(v) if isinstance(v, list) else v for k, v in scene.items() if v is not None}
     try:
         paths = ensure_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
                                image_size=args.image_size, seed=args.seed, keypoint_set=args.keypoints,
-                               people=tuple(args.people), workers=args.workers)
+                               people=tuple(args.people), workers=args.workers, **scene)
     except BAPoseError as e:
         print(f"bapose-synth: error: {e}", file=sys.stderr)
         return 2

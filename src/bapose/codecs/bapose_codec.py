@@ -90,9 +90,74 @@ def _downsample_mask(mask: np.ndarray, grid: tuple[int, int], stride: int) -> np
     return frac >= 128
 
 
+# Rule names (codec fields ``offset_owner``, ``center_collision``, ``pose_nms``); the first of each is DEKR's.
+OFFSET_OWNERS = ("smaller", "center_first", "nearest_center")
+CENTER_COLLISIONS = ("ignore", "nearest_free")
+POSE_NMS_RULES = ("dekr", "oks", "none")
+
+# What encode did with each person's center (``Layout.status``), by index.
+CENTER_STATUS = ("ok", "snapped", "moved", "small", "outside", "blocked")
+_OK, _SNAPPED, _MOVED, _SMALL, _OUTSIDE, _BLOCKED = range(len(CENTER_STATUS))
+# OKS sigma of every joint when a codec is built without the dataset's (COCO's shoulders; CrowdPose's mean)
+DEFAULT_OKS_SIGMA = 0.079
+# a center pixel must beat every other person's center Gaussian in its NMS window by this much: float32 rounding of
+# the splatted map cannot turn the order, and a near-tie is relocated rather than left to chance
+_PEAK_MARGIN = 1e-3
+
+
+class Layout(NamedTuple):
+    """Where :meth:`BAPoseCodec.encode` puts each of the ``N`` people of one image, in output-grid pixels.
+
+    ``grid (N, K, 2)`` joints; ``labelled (N, K)`` bool; ``center (N, 2)`` mean of the labelled joints (NaN without
+    any); ``peak (N, 2)`` where the person's center Gaussian is centred (the center, or the pixel it was moved or
+    snapped to; NaN: no center); ``pixel (N, 2)`` int64 center pixel, whose offsets the decoder reads (-1: none);
+    ``status (N,)`` int64 index into :data:`CENTER_STATUS`; ``diag (N,)`` diagonal of the labelled-joint box (>= 1);
+    ``owner (h, w)`` int64 person whose offsets each grid pixel carries (-1: none).
+    """
+
+    grid: np.ndarray
+    labelled: np.ndarray
+    center: np.ndarray
+    peak: np.ndarray
+    pixel: np.ndarray
+    status: np.ndarray
+    diag: np.ndarray
+    owner: np.ndarray
+
+    @property
+    def has_center(self) -> np.ndarray:
+        """``(N,)`` bool: the person has a center peak and offsets."""
+        return self.pixel[:, 0] >= 0
+
+
+class Candidates(NamedTuple):
+    """Top-k center peaks of a batch and the poses regressed there (see :meth:`BAPoseCodec.candidates`)."""
+
+    centers: Tensor  # (B, T, 2) input pixels
+    joints: Tensor  # (B, T, K, 2) input pixels
+    scores: Tensor  # (B, T) center-map value at the peak
+    valid: Tensor  # (B, T) bool: score > center_threshold
+
+
+class DecodeTrace(NamedTuple):
+    """One image's decode, step by step (for :mod:`bapose.codecs.upper_bound`): ``pixels (T, 2)`` grid pixel of
+    every top-k center, ``valid (T,)``, ``keep (M,)`` the candidates that survived pose NMS (indices into ``T``),
+    and the people :meth:`BAPoseCodec.decode` returns, ``poses (M, K, 3)``, ``scores (M,)``."""
+
+    pixels: Tensor
+    valid: Tensor
+    keep: Tensor
+    poses: Tensor
+    scores: Tensor
+
+
 @dataclass(frozen=True)
 class BAPoseCodec:
     """Heatmap + offset targets (``encode``) and their inverse (``decode``) for DEKR-style bottom-up pose.
+
+    The defaults are rules that lose nobody a network could find (``scripts/codec_upper_bound.py`` reports the
+    losses by cause); ``conf/codec/dekr.yaml`` selects DEKR's exact rules (``offset_owner=smaller``,
+    ``center_collision=ignore``, ``pose_nms=dekr``) for the paper's baseline rows.
 
     Args:
         input_size: training input size, ``S`` (square) or ``(H, W)``; the grid is ``input_size / stride``.
@@ -107,18 +172,46 @@ class BAPoseCodec:
         per_joint_offset_weights: ``True`` (default, DEKR) gives
             ``(2K, h, w)`` with 0 for unlabelled joints (broadcasts the same way in a loss, and stops the net from
             learning a 0 offset for joints nobody labelled).
+        offset_owner: who regresses a grid pixel where offset squares overlap. ``smaller`` (DEKR): the person with
+            the smaller joint box, everywhere, even at a larger neighbour's center pixel (the one pixel the decoder
+            reads for that neighbour, who is then lost); ``center_first``: every person owns their own center pixel,
+            the rest as ``smaller``; ``nearest_center`` (default): own center pixel first, every other pixel to the
+            person whose center (Gaussian peak) is nearest, ties to the smaller.
+        center_collision: ``ignore`` (DEKR) lets two centers share a grid pixel, or one center's Gaussian hide a
+            nearby one from center NMS (one of the two is lost); ``nearest_free`` (default) checks every center,
+            larger people first, against the decoder's center NMS (window from the grid size, as ``nms_kernel``):
+            a hidden center is snapped onto its pixel, or else moved to the nearest grid pixel (within
+            ``max(offset_radius, kernel // 2 + 1)``) where its peak survives, Gaussian and offsets with it.
         max_people: top-k centers kept per image (and per scale).
         center_threshold: centers scoring at or below this are dropped.
         nms_kernel: center max-pool kernel; 0 picks it from the map size as DEKR does (mean side <= 200: 3,
             <= 300: 5, else 7), applied to the output grid.
-        pose_nms_ratio: two joints coincide when closer than this fraction of the kept pose's box diagonal.
+        pose_nms: how duplicates are removed. ``dekr``: DEKR's ``nms_core`` (candidates in center order; each
+            takes the best of its group by mean joint heatmap value; its group = the poses with more than
+            ``pose_nms_fraction * K`` joints within ``pose_nms_ratio`` x its joint-box diagonal). In a crowd this
+            also removes real neighbours: two people one behind the other share head and torso joints at that
+            distance. ``oks`` (default): greedy by pose score, a pose is dropped when its OKS with a kept one is
+            above ``pose_nms_oks`` (MMPose's ``oks_nms``: dataset sigmas ``oks_sigmas``, scale = the mean of the
+            two joint-box areas); a network's duplicates repeat one person's whole pose, neighbours do not.
+            ``none``: keep all. ``None``: ``oks`` at training; in ``bapose-eval`` / ``bapose-predict`` the rule
+            stored in the checkpoint (``with_checkpoint_defaults``).
+        pose_nms_ratio: ``dekr``: two joints coincide when closer than this fraction of a pose's joint-box
+            diagonal (single scale; DEKR 0.05).
+        pose_nms_fraction: ``dekr``: more than this fraction of the K joints must coincide (DEKR: > K/2).
+        pose_nms_oks: ``oks``: duplicates have an OKS above this (MMPose's default 0.9).
+        oks_sigmas: the dataset's K OKS sigmas (``DatasetMeta.sigmas``; the datamodule, ``bapose-predict`` and the
+            upper bound fill them in); ``None``: ``DEFAULT_OKS_SIGMA`` for every joint.
+        ms_pose_nms_ratio: ``pose_nms_ratio`` for multi-scale testing (DEKR's README: 0.15).
+        ms_scale_decrease: multi-scale testing: center scores of every scale but the one nearest 1 are rescaled to a
+            maximum of this x that scale's maximum (DEKR ``TEST.DECREASE``: 0.9 COCO, 0.8 CrowdPose).
+        max_people_after_nms: at most this many people per image after pose NMS (the best by the NMS ranking);
+            ``None``: ``max_people`` (DEKR ``DATASET.MAX_NUM_PEOPLE`` serves both).
         refine_radius: 0 or None (DEKR) keeps the regressed joints (None: "as the checkpoint was validated" for
-            ``bapose-eval`` / ``bapose-predict``, which then take the value stored in the checkpoint); r > 0 moves each regressed joint to the highest value of
-            its own joint heatmap within r grid pixels (then a sub-pixel quadratic step). Heatmaps localise joints
-            better than offsets early in training and on small inputs (the CPU demo); a small r keeps the grouping
-            of the offsets, so a joint cannot jump to a far-away person.
-        pose_nms_fraction: a pose is a duplicate of a higher-scoring one when more than this fraction of its K
-            joints coincide (DESIGN: > K/2 joints within 0.05 diagonal).
+            ``bapose-eval`` / ``bapose-predict``, which then take the value stored in the checkpoint); r > 0 moves
+            each regressed joint to the highest value of its own joint heatmap within r grid pixels (then a
+            sub-pixel quadratic step). Heatmaps localise joints better than offsets early in training and on small
+            inputs (the CPU demo); a small r keeps the grouping of the offsets, so a joint cannot jump to a far-away
+            person.
         rescore_path: ``None`` (default) keeps the mean joint score; a file written by ``scripts/train_rescore.py``
             multiplies each pose's score by its predicted OKS (DEKR) before pose NMS, so NMS order and the output
             scores both use the rescored value; joints and joint scores are unchanged. Loaded on first decode and
@@ -136,11 +229,19 @@ class BAPoseCodec:
     background_weight: float = 0.1
     min_center_area: float = 32.0**2
     per_joint_offset_weights: bool = True
+    offset_owner: str = "nearest_center"
+    center_collision: str = "nearest_free"
     max_people: int = 30
     center_threshold: float = 0.01
     nms_kernel: int = 0
+    pose_nms: str | None = None
     pose_nms_ratio: float = 0.05
     pose_nms_fraction: float = 0.5
+    pose_nms_oks: float = 0.9
+    oks_sigmas: tuple[float, ...] | None = None
+    ms_pose_nms_ratio: float = 0.15
+    ms_scale_decrease: float = 0.9
+    max_people_after_nms: int | None = None
     refine_radius: int | None = None
     rescore_path: str | None = None
     grid_align: str | None = None
@@ -166,6 +267,24 @@ class BAPoseCodec:
             raise ConfigError(f"codec: field 'refine_radius' {self.refine_radius}; expected >= 0 grid pixels")
         if self.nms_kernel < 0 or (self.nms_kernel and self.nms_kernel % 2 == 0):
             raise ConfigError(f"codec: field 'nms_kernel' {self.nms_kernel}; expected 0 (auto) or an odd size")
+        for name, choices in (("offset_owner", OFFSET_OWNERS), ("center_collision", CENTER_COLLISIONS),
+                              ("pose_nms", POSE_NMS_RULES)):
+            value = getattr(self, name)
+            if not (value in choices or (name == "pose_nms" and value is None)):
+                raise ConfigError(f"codec: field '{name}' is {value!r}; expected one of {list(choices)}"
+                                  + (" or null" if name == "pose_nms" else ""))
+        checks = (("pose_nms_ratio", self.pose_nms_ratio > 0, "> 0 (a fraction of the pose diagonal)"),
+                  ("ms_pose_nms_ratio", self.ms_pose_nms_ratio > 0, "> 0 (a fraction of the pose diagonal)"),
+                  ("pose_nms_fraction", 0 <= self.pose_nms_fraction < 1, "in [0, 1) (a fraction of the K joints)"),
+                  ("pose_nms_oks", 0 < self.pose_nms_oks <= 1, "in (0, 1] (an OKS)"),
+                  ("ms_scale_decrease", self.ms_scale_decrease > 0, "> 0 (DEKR: 0.9 COCO, 0.8 CrowdPose)"),
+                  ("max_people_after_nms", self.max_people_after_nms is None or self.max_people_after_nms >= 1,
+                   ">= 1 or null (= max_people)"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"codec: field '{name}' is {getattr(self, name)!r}; expected {expected}")
+        if self.oks_sigmas is not None:
+            object.__setattr__(self, "oks_sigmas", tuple(float(v) for v in self.oks_sigmas))
         if self.rescore_path is not None:
             path = os.fspath(self.rescore_path)
             object.__setattr__(self, "rescore_path", path)
@@ -197,6 +316,11 @@ class BAPoseCodec:
         """Pixels the mirrored image moves left in the flip test: ``stride - 1`` for DEKR's convention, else 0."""
         return self.stride - 1 if self.align == "dekr" else 0
 
+    @property
+    def nms_rule(self) -> str:
+        """The pose NMS rule decode uses (``pose_nms``, ``None`` resolved to the default)."""
+        return self.pose_nms or "oks"
+
     def to_grid(self, xy: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Input pixels -> output-grid pixels (see the module docstring)."""
         if self.align == "dekr":
@@ -224,6 +348,135 @@ class BAPoseCodec:
         return torch.stack([x, y], -1)
 
     # ------------------------------------------------------------------ encode
+    def layout(self, keypoints: np.ndarray, areas: np.ndarray, grid_hw: tuple[int, int]) -> Layout:
+        """Centers, center pixels and offset ownership of one image's people (what :meth:`encode` draws).
+
+        Args:
+            keypoints: ``(N, K, 3)`` (x, y, v) in input pixels; areas: ``(N,)`` in input pixels.
+            grid_hw: ``(h, w)`` of the output grid.
+        """
+        kp = np.asarray(keypoints, dtype=np.float64)
+        if kp.ndim != 3 or kp.shape[2] != 3:
+            raise DataError(f"encode: field 'keypoints' has shape {kp.shape}; expected (N, K, 3)")
+        n = kp.shape[0]
+        area = np.asarray(areas, dtype=np.float64).reshape(-1)
+        if area.shape[0] != n:
+            raise DataError(f"encode: field 'areas' has {area.shape[0]} entries; expected {n} (one per person)")
+        h, w = grid_hw
+        g = self.to_grid(kp[..., :2])  # (N, K, 2)
+        labelled = (kp[..., 2] > 0) & np.isfinite(g).all(-1)
+        count = labelled.sum(1)
+        gz = np.where(labelled[..., None], g, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            center = gz.sum(1) / count[:, None]  # (N, 2), NaN without labelled joints
+        ci = np.round(np.nan_to_num(center, nan=-1.0)).astype(np.int64)
+        inside = (count > 0) & (ci[:, 0] >= 0) & (ci[:, 0] < w) & (ci[:, 1] >= 0) & (ci[:, 1] < h)
+        status = np.where(~inside, _OUTSIDE, np.where(area < self.min_center_area, _SMALL, _OK)).astype(np.int64)
+        # offset weight 1 / diagonal of the labelled-joint box (grid pixels), as DEKR's 1/sqrt(w^2 + h^2)
+        lo = np.where(labelled[..., None], g, np.inf).min(1)
+        hi = np.where(labelled[..., None], g, -np.inf).max(1)
+        diag = np.maximum(np.nan_to_num(np.hypot(*(hi - lo).T), nan=1.0, posinf=1.0), 1.0)
+
+        has = status == _OK
+        peak = np.where(has[:, None], center, np.nan)
+        pixel = np.where(has[:, None], ci, -1)
+        # larger people first: they keep their natural center pixel, smaller neighbours give way
+        order = np.nonzero(has)[0][np.argsort(-diag[has], kind="stable")]
+        if self.center_collision == "nearest_free" and len(order) > 1:
+            order = self._place_centers(order, center, ci, (h, w), peak, pixel, status)
+        owner = self._owners(order, peak, pixel, diag, (h, w))
+        return Layout(g, labelled, center, peak, pixel, status, diag, owner)
+
+    def _place_centers(self, order: np.ndarray, center: np.ndarray, ci: np.ndarray, grid_hw: tuple[int, int],
+                       peak: np.ndarray, pixel: np.ndarray, status: np.ndarray) -> np.ndarray:
+        """``center_collision=nearest_free``: give every person a center peak that survives center NMS.
+
+        A pixel ``q`` with Gaussian centre ``c`` is free when, in the merged center map, ``q`` beats every placed
+        person's Gaussian inside its NMS window and ``c`` does not beat any placed person at their own pixel inside
+        theirs (a Gaussian is strongest at the window pixel nearest its centre, so one value per pair decides).
+        People whose natural center clashes with nobody keep it; the others are placed after them, in ``order``
+        (larger first), each on the first free candidate: the natural pixel with the sub-pixel Gaussian, then pixels
+        by distance to the center with the Gaussian on the pixel. Updates ``peak``, ``pixel``, ``status`` in place;
+        returns ``order`` restricted to the people that got a center.
+        """
+        h, w = grid_hw
+        r = self._kernel(h, w) // 2
+        two_s2 = 2.0 * self.center_sigma**2
+        limit = np.array([w - 1, h - 1])
+
+        def own(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C,) each Gaussian at its own pixel
+            return np.exp(-((pix - cen) ** 2).sum(-1) / two_s2)
+
+        def strongest(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C, P): Gaussian p inside window(c)
+            near = np.clip(np.round(cen)[None], np.maximum(pix - r, 0)[:, None], np.minimum(pix + r, limit)[:, None])
+            return np.exp(-((near - cen[None]) ** 2).sum(-1) / two_s2)
+
+        # all natural centers at once: most people clash with nobody (one vectorised test, no loop)
+        pix0, cen0 = ci[order], center[order]
+        val0 = own(pix0, cen0)
+        threat = strongest(pix0, cen0)  # [i, j]: j's Gaussian inside i's window
+        np.fill_diagonal(threat, -np.inf)
+        clash = threat + _PEAK_MARGIN >= val0[:, None]
+        clash = clash.any(1) | clash.any(0)
+        placed_pix, placed_peak, placed_val = pix0[~clash], cen0[~clash], val0[~clash]
+
+        d = np.arange(-max(self.offset_radius, r + 1), max(self.offset_radius, r + 1) + 1)
+        square = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)  # (S, 2) (dx, dy)
+        for i in order[clash]:
+            cand = np.concatenate([ci[i][None], ci[i] + square])
+            cand = cand[((cand >= 0) & (cand <= limit)).all(1)]
+            dist = ((cand[1:] - center[i]) ** 2).sum(-1)
+            cand = np.concatenate([cand[:1], cand[1:][np.argsort(dist, kind="stable")]])
+            cen = cand.astype(np.float64)
+            cen[0] = center[i]  # the natural pixel first, with the sub-pixel Gaussian; then on pixels
+            val = own(cand, cen)
+            free = (val > strongest(cand, placed_peak).max(1, initial=-np.inf) + _PEAK_MARGIN) \
+                & (strongest(placed_pix, cen).T + _PEAK_MARGIN < placed_val[None]).all(1)
+            hit = np.nonzero(free)[0]
+            if not len(hit):
+                status[i], peak[i], pixel[i] = _BLOCKED, np.nan, -1
+                continue
+            j = hit[0]
+            if j > 0:
+                status[i] = _SNAPPED if (cand[j] == ci[i]).all() else _MOVED
+            peak[i], pixel[i] = cen[j], cand[j]
+            placed_pix = np.concatenate([placed_pix, cand[j:j + 1]])
+            placed_peak = np.concatenate([placed_peak, cen[j:j + 1]])
+            placed_val = np.append(placed_val, val[j])
+        return order[pixel[order, 0] >= 0]
+
+    def _owners(self, order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, diag: np.ndarray,
+                grid_hw: tuple[int, int]) -> np.ndarray:
+        """``(h, w)`` int64: the person whose offsets each grid pixel carries (-1: none), by ``offset_owner``.
+
+        Each person bids for the ``(2r+1)^2`` square around their center pixel with a key (lower wins, compared
+        as (primary, secondary); an equal key goes to the later bidder, and bidders come largest first):
+        ``smaller``: (diagonal, -); ``center_first``: own center pixel (-inf, diagonal), else (diagonal, -);
+        ``nearest_center``: own center pixel (-inf, diagonal), else (squared distance to the center, diagonal).
+        """
+        h, w = grid_hw
+        owner = np.full((h, w), -1, np.int64)
+        if not len(order):
+            return owner
+        best = np.full((2, h, w), np.inf)
+        r = self.offset_radius
+        for i in order:
+            cx, cy = pixel[i]
+            x0, x1, y0, y1 = max(cx - r, 0), min(cx + r + 1, w), max(cy - r, 0), min(cy + r + 1, h)
+            if self.offset_owner == "nearest_center":
+                xs, ys = np.arange(x0, x1) - peak[i, 0], np.arange(y0, y1) - peak[i, 1]
+                primary = ys[:, None] ** 2 + xs[None, :] ** 2
+            else:
+                primary = np.full((y1 - y0, x1 - x0), diag[i])
+            if self.offset_owner != "smaller":
+                primary[cy - y0, cx - x0] = -np.inf
+            secondary = diag[i] if self.offset_owner != "smaller" else 0.0
+            b = best[:, y0:y1, x0:x1]
+            take = (primary < b[0]) | ((primary == b[0]) & (secondary <= b[1]))
+            b[0][take], b[1][take] = primary[take], secondary
+            owner[y0:y1, x0:x1][take] = i
+        return owner
+
     def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
                image_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
         """Training targets of one image.
@@ -241,58 +494,36 @@ class BAPoseCodec:
             ``offsets (2K, h, w)`` as (x0, y0, x1, y1, ...) in grid pixels, ``offset_weights (1, h, w)`` (or
             ``(2K, h, w)`` with ``per_joint_offset_weights``).
         """
-        kp = np.asarray(keypoints, dtype=np.float64)
-        if kp.ndim != 3 or kp.shape[2] != 3:
-            raise DataError(f"encode: field 'keypoints' has shape {kp.shape}; expected (N, K, 3)")
-        n, k, _ = kp.shape
-        area = np.asarray(areas, dtype=np.float64).reshape(-1)
-        if area.shape[0] != n:
-            raise DataError(f"encode: field 'areas' has {area.shape[0]} entries; expected {n} (one per person)")
         H, W = image_size if image_size is not None else self.input_hw
         if H % self.stride or W % self.stride:
             raise DataError(f"encode: image size {(H, W)} is not a multiple of stride {self.stride}")
         h, w = H // self.stride, W // self.stride
+        lay = self.layout(keypoints, areas, (h, w))
+        g, labelled = lay.grid, lay.labelled
+        k = g.shape[1]
 
         heat = np.zeros((k + 1, h, w), np.float32)
         offsets = np.zeros((2 * k, h, w), np.float32)
         off_w = np.zeros((2 * k if self.per_joint_offset_weights else 1, h, w), np.float32)
 
-        g = self.to_grid(kp[..., :2])  # (N, K, 2)
-        labelled = (kp[..., 2] > 0) & np.isfinite(g).all(-1)
         inside = labelled & (g[..., 0] >= -0.5) & (g[..., 0] < w - 0.5) & (g[..., 1] >= -0.5) & (g[..., 1] < h - 0.5)
         person, joint = np.nonzero(inside)
         _gaussian_splat(heat, joint, g[person, joint, 0], g[person, joint, 1], self.keypoint_sigma)
+        # small people get no center (their joints were drawn above)
+        idx = np.nonzero(lay.has_center)[0]
+        _gaussian_splat(heat, np.full(len(idx), k), lay.peak[idx, 0], lay.peak[idx, 1], self.center_sigma)
 
-        # center = mean of the labelled joints; small people get none (their joints were drawn above)
-        count = labelled.sum(1)
-        gz = np.where(labelled[..., None], g, 0.0)
-        center = gz.sum(1) / np.maximum(count, 1)[:, None]  # (N, 2)
-        ci = np.round(center).astype(np.int64)
-        has_center = (count > 0) & (area >= self.min_center_area) & (ci[:, 0] >= 0) & (ci[:, 0] < w) \
-            & (ci[:, 1] >= 0) & (ci[:, 1] < h)
-        idx = np.nonzero(has_center)[0]
-        _gaussian_splat(heat, np.full(len(idx), k), center[idx, 0], center[idx, 1], self.center_sigma)
-
-        if len(idx):
-            # offset weight 1 / diagonal of the labelled-joint box (grid pixels), as DEKR's 1/sqrt(w^2 + h^2)
-            lo = np.where(labelled[..., None], g, np.inf).min(1)
-            hi = np.where(labelled[..., None], g, -np.inf).max(1)
-            diag = np.maximum(np.hypot(*(hi - lo).T), 1.0)
-            r = self.offset_radius
-            # largest first: later (smaller) people overwrite, so where squares overlap the smaller person wins
-            for i in idx[np.argsort(-diag[idx], kind="stable")]:
-                x0, x1 = max(ci[i, 0] - r, 0), min(ci[i, 0] + r + 1, w)
-                y0, y1 = max(ci[i, 1] - r, 0), min(ci[i, 1] + r + 1, h)
-                jx = np.where(labelled[i], g[i, :, 0], 0.0)
-                jy = np.where(labelled[i], g[i, :, 1], 0.0)
-                xs, ys = np.arange(x0, x1), np.arange(y0, y1)
-                # unlabelled joints: offset 0 (weight 0 with per_joint_offset_weights)
-                offsets[0::2, y0:y1, x0:x1] = np.where(labelled[i][:, None, None], jx[:, None, None] - xs, 0.0)
-                offsets[1::2, y0:y1, x0:x1] = np.where(labelled[i][:, None, None], jy[:, None, None] - ys[:, None], 0.0)
-                if self.per_joint_offset_weights:
-                    off_w[:, y0:y1, x0:x1] = (np.repeat(labelled[i], 2) / diag[i])[:, None, None]
-                else:
-                    off_w[0, y0:y1, x0:x1] = 1.0 / diag[i]
+        ys, xs = np.nonzero(lay.owner >= 0)
+        if len(ys):
+            who = lay.owner[ys, xs]  # (P,)
+            lab = labelled[who]  # (P, K); unlabelled joints: offset 0 (weight 0 with per_joint_offset_weights)
+            offsets[0::2, ys, xs] = np.where(lab, g[who, :, 0] - xs[:, None], 0.0).T
+            offsets[1::2, ys, xs] = np.where(lab, g[who, :, 1] - ys[:, None], 0.0).T
+            inv = 1.0 / lay.diag[who]
+            if self.per_joint_offset_weights:
+                off_w[:, ys, xs] = (np.repeat(lab, 2, axis=1) * inv[:, None]).T
+            else:
+                off_w[0, ys, xs] = inv
 
         weights = np.where(heat > 0, np.float32(1.0), np.float32(self.background_weight))
         if ignore_mask is not None:
@@ -306,15 +537,15 @@ class BAPoseCodec:
         size = (h + w) / 2
         return 3 if size <= 200 else 5 if size <= 300 else 7
 
-    def candidates(self, heatmaps: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def candidates(self, heatmaps: Tensor, offsets: Tensor) -> Candidates:
         """Top-k centers and their regressed poses, batched.
 
         Args:
             heatmaps: ``(B, K+1, h, w)``; offsets: ``(B, 2K, h, w)``.
 
         Returns:
-            ``centers (B, T, 2)`` and ``joints (B, T, K, 2)`` in input pixels, ``valid (B, T)`` bool
-            (center score > ``center_threshold``), with ``T = min(max_people, h*w)``.
+            :class:`Candidates`: ``centers (B, T, 2)`` and ``joints (B, T, K, 2)`` in input pixels, ``scores (B, T)``
+            the center map at each peak, ``valid (B, T)`` (score > ``center_threshold``), ``T = min(max_people, h*w)``.
         """
         if heatmaps.dim() != 4 or offsets.dim() != 4 or offsets.shape[1] != 2 * (heatmaps.shape[1] - 1) \
                 or heatmaps.shape[-2:] != offsets.shape[-2:] or heatmaps.shape[0] != offsets.shape[0]:
@@ -326,15 +557,16 @@ class BAPoseCodec:
         ks = self._kernel(h, w)
         peak = ctr * (F.max_pool2d(ctr, ks, 1, ks // 2) == ctr)
         score, idx = peak.flatten(1).topk(min(self.max_people, h * w), dim=1)  # (B, T)
-        cx, cy = (idx % w).to(heatmaps.dtype), torch.div(idx, w, rounding_mode="floor").to(heatmaps.dtype)
+        cx, cy = (idx % w).float(), torch.div(idx, w, rounding_mode="floor").float()
         sel = torch.gather(offsets.flatten(2), 2, idx[:, None, :].expand(b, 2 * k, -1))  # (B, 2K, T)
-        sel = sel.view(b, k, 2, -1).permute(0, 3, 1, 2)  # (B, T, K, 2)
+        sel = sel.view(b, k, 2, -1).permute(0, 3, 1, 2).float()  # (B, T, K, 2)
         centers = torch.stack([cx, cy], -1)  # grid pixels
         joints = centers[:, :, None, :] + sel
-        return self.to_input(centers.float()), self.to_input(joints.float()), score > self.center_threshold
+        return Candidates(self.to_input(centers), self.to_input(joints), score, score > self.center_threshold)
 
     def with_checkpoint_defaults(self, stored: Mapping[str, Any] | None) -> BAPoseCodec:
-        """Decode knobs left ``None`` take the value a checkpoint's ``bapose.codec`` entry stored at training."""
+        """Decode knobs left ``None`` (``refine_radius``, ``pose_nms``) take the values a checkpoint's
+        ``bapose.codec`` entry stored at training; checkpoints without them keep the built-in defaults."""
         stored = stored or {}
         changes: dict[str, Any] = {}
         if self.refine_radius is None and stored.get("refine_radius") is not None:
@@ -342,6 +574,8 @@ class BAPoseCodec:
         # a net decodes only in the grid convention it was trained in
         if self.grid_align is None and stored.get("grid_align") in GRID_ALIGNS:
             changes["grid_align"] = stored["grid_align"]
+        if self.pose_nms is None and stored.get("pose_nms") in POSE_NMS_RULES:
+            changes["pose_nms"] = stored["pose_nms"]
         return dataclasses.replace(self, **changes) if changes else self
 
     def refine(self, heatmaps: Tensor, joints: Tensor) -> Tensor:
@@ -386,44 +620,72 @@ class BAPoseCodec:
             sub.append(shift.clamp(-0.5, 0.5))
         return self.to_input(peak + torch.stack(sub, -1))
 
-    def score(self, heatmaps: Tensor, centers: Tensor, joints: Tensor) -> tuple[Tensor, Tensor]:
-        """Joint scores = center score x joint heatmap (both bilinearly sampled); pose score = their mean.
+    def _joint_scores(self, heatmaps: Tensor, center_scores: Tensor, joints: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """Joint score = center score x joint heatmap (bilinear at the joint); pose score = mean joint score.
 
         Args:
             heatmaps: ``(B, K+1, h, w)`` on the grid of the input image (``h = H / stride``).
-            centers: ``(B, T, 2)``; joints: ``(B, T, K, 2)``, input pixels.
+            center_scores: ``(B, T)``; joints: ``(B, T, K, 2)`` in input pixels.
 
         Returns:
-            ``poses (B, T, K, 3)`` (x, y, joint score) and ``scores (B, T)``.
+            ``poses (B, T, K, 3)`` (x, y, joint score), ``scores (B, T)``, and ``heat (B, T)`` the mean joint
+            heatmap value alone (DEKR's ranking in pose NMS).
         """
         b, c, h, w = heatmaps.shape
         k = c - 1
-        hm = heatmaps.float()
-        ctr = _sample(hm[:, k:], self.to_grid(centers)[:, :, None, :])[..., 0]  # (B, T)
-        heat = _sample(hm[:, :k], self.heat_grid(joints, (h, w)))  # (B, T, K)
-        joint_scores = ctr[..., None] * heat
+        heat = _sample(heatmaps[:, :k].float(), self.heat_grid(joints, (h, w)))  # (B, T, K)
+        joint_scores = center_scores[..., None] * heat
         poses = torch.cat([joints, joint_scores[..., None]], -1)
-        return poses, joint_scores.mean(-1)
+        return poses, joint_scores.mean(-1), heat.mean(-1)
 
-    def pose_nms(self, poses: Tensor, scores: Tensor) -> Tensor:
-        """Greedy pose NMS: indices (sorted by score) of poses that are not duplicates of a better one.
+    def remove_duplicates(self, poses: Tensor, scores: Tensor, heat: Tensor | None = None,
+                          ratio: float | None = None) -> Tensor:
+        """Indices of the poses ``(M, K, 3)`` that are not duplicates, by the ``pose_nms`` rule, at most
+        ``max_people_after_nms`` (the best by the rule's ranking).
 
-        A pose duplicates a kept one when more than ``pose_nms_fraction * K`` joints lie within
-        ``pose_nms_ratio * diagonal`` of the kept pose's joints (diagonal of the kept pose's joint box).
+        Args:
+            poses: ``(M, K, 2|3)`` in input pixels, in candidate order (``dekr`` walks them in this order);
+            scores: ``(M,)`` pose scores (ranking of ``oks`` / ``none``);
+            heat: ``(M,)`` mean joint heatmap value (``dekr``'s ranking; ``scores`` when not given);
+            ratio: ``dekr``'s joint distance threshold as a fraction of the diagonal (default ``pose_nms_ratio``).
         """
+        rule = self.nms_rule
         m, k = poses.shape[:2]
+        cap = self.max_people_after_nms or self.max_people
         if m == 0:
             return torch.zeros(0, dtype=torch.long, device=poses.device)
-        order = torch.argsort(scores, descending=True)
-        xy = poses[order, :, :2]
-        diag = (xy.amax(1) - xy.amin(1)).norm(dim=-1)  # (M,)
-        dist = (xy[:, None] - xy[None]).norm(dim=-1)  # (M, M, K)
-        dup = ((dist < self.pose_nms_ratio * diag[:, None, None]).sum(-1) > self.pose_nms_fraction * k).cpu().numpy()
-        alive = np.ones(m, bool)
-        for i in range(m):  # M <= max_people * scales: a tiny loop over people, not pixels
-            if alive[i]:
-                alive[i + 1:] &= ~dup[i, i + 1:]
-        return order[torch.from_numpy(np.nonzero(alive)[0]).to(order.device)]
+        rank = (heat if rule == "dekr" and heat is not None else scores).detach().cpu().double().numpy()
+        xy = poses[..., :2].float()
+        if rule == "none":
+            keep = np.argsort(-rank, kind="stable")
+        elif rule == "oks":
+            near = (self._oks_matrix(xy) > self.pose_nms_oks).cpu().numpy()
+            keep = _greedy_nms(near, rank)
+        else:
+            diag = (xy.amax(1) - xy.amin(1)).norm(dim=-1)  # (M,) each row's own diagonal, as DEKR
+            dist = (xy[:, None] - xy[None]).norm(dim=-1)  # (M, M, K)
+            near = (dist < (ratio or self.pose_nms_ratio) * diag[:, None, None]).sum(-1) > self.pose_nms_fraction * k
+            near = near.cpu().numpy()
+            np.fill_diagonal(near, True)  # DEKR's own row is in its group unless the pose is a point
+            keep = _dekr_nms(near, rank)
+        keep = np.asarray(keep, np.int64)
+        if len(keep) > cap:  # DEKR: the best MAX_NUM_PEOPLE by its ranking (mean heatmap value)
+            keep = keep[np.argsort(-rank[keep], kind="stable")[:cap]]
+        return torch.from_numpy(keep).to(poses.device)
+
+    def _oks_matrix(self, xy: Tensor) -> Tensor:
+        """``(M, M)`` OKS between the poses ``xy (M, K, 2)``, as MMPose's ``oks_iou``: per-joint sigmas, the
+        mean of the two joint-box areas as the scale."""
+        k = xy.shape[1]
+        sigmas = self.oks_sigmas or (DEFAULT_OKS_SIGMA,) * k
+        if len(sigmas) != k:
+            raise DataError(f"codec: field 'oks_sigmas' has {len(sigmas)} entries; the poses have {k} joints")
+        var = (2 * xy.new_tensor(sigmas)) ** 2
+        area = (xy.amax(1) - xy.amin(1)).prod(-1)  # (M,)
+        scale = (area[:, None] + area[None]) / 2 + float(np.spacing(1))
+        d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)  # (M, M, K)
+        return torch.exp(-d2 / var / scale[..., None] / 2).mean(-1)
 
     def rescore(self, poses: Tensor, scores: Tensor) -> Tensor:
         """``scores (B, T)`` x the OKS that the ``rescore_path`` net predicts for ``poses (B, T, K, 3)``.
@@ -439,14 +701,25 @@ class BAPoseCodec:
                             f"{net.num_keypoints}; the network outputs {k} joints")
         return scores * net.predict_oks(poses.reshape(b * t, k, 3).float()).view(b, t).to(scores.dtype)
 
-    def _finish(self, poses: Tensor, scores: Tensor, valid: Tensor) -> list[Poses]:
+    def _select(self, poses: Tensor, scores: Tensor, heat: Tensor, valid: Tensor,
+                ratio: float) -> tuple[Tensor, list[Tensor]]:
+        """Rescore, then pose NMS per image. Returns the scores and, per image, the kept candidates (into ``T``)."""
         scores = self.rescore(poses, scores)
-        out = []
-        for p, s, v in zip(poses, scores, valid):
-            p, s = p[v], s[v]
-            keep = self.pose_nms(p, s)
-            out.append(Poses(p[keep], s[keep]))
-        return out
+        kept = []
+        for p, s, hs, v in zip(poses, scores, heat, valid):
+            idx = torch.nonzero(v).flatten()
+            kept.append(idx[self.remove_duplicates(p[idx], s[idx], hs[idx], ratio)])
+        return scores, kept
+
+    def trace(self, heatmaps: Tensor, offsets: Tensor) -> list[DecodeTrace]:
+        """:meth:`decode`, keeping which center pixels it read and which survived pose NMS (one per image)."""
+        with torch.no_grad():
+            cand = self.candidates(heatmaps, offsets)
+            poses, scores, heat = self._joint_scores(heatmaps, cand.scores, self.refine(heatmaps, cand.joints))
+            scores, kept = self._select(poses, scores, heat, cand.valid, self.pose_nms_ratio)
+            pixels = self.to_grid(cand.centers).round().long()
+            return [DecodeTrace(pixels[i], cand.valid[i], keep, poses[i][keep], scores[i][keep])
+                    for i, keep in enumerate(kept)]
 
     def decode(self, heatmaps: Tensor, offsets: Tensor) -> list[Poses]:
         """Network outputs -> people, one :class:`Poses` per image, in input pixels (on the outputs' device).
@@ -454,37 +727,88 @@ class BAPoseCodec:
         Args:
             heatmaps: ``(B, K+1, h, w)`` (center last); offsets: ``(B, 2K, h, w)`` in grid pixels.
         """
-        with torch.no_grad():
-            centers, joints, valid = self.candidates(heatmaps, offsets)
-            poses, scores = self.score(heatmaps, centers, self.refine(heatmaps, joints))
-            return self._finish(poses, scores, valid)
+        return [Poses(t.poses, t.scores) for t in self.trace(heatmaps, offsets)]
 
     def decode_multiscale(self, outputs: Sequence[tuple[Tensor, Tensor]], scales: Sequence[tuple[float, float]],
                           base_hw: tuple[int, int]) -> list[Poses]:
-        """Merge several scales: heatmaps averaged on the base grid, poses pooled from every scale, then NMS.
+        """Merge several scales as DEKR's ``tools/valid.py`` + ``lib/core/nms.py`` do.
+
+        Candidates of every scale (largest scale first) are pooled in base-image pixels; heatmaps are averaged on
+        the base grid and give every joint its heatmap value; the center scores of each scale but the one nearest 1
+        are rescaled so that their best equals ``ms_scale_decrease`` x that scale's best (DEKR ``TEST.DECREASE``);
+        pose NMS runs with ``ms_pose_nms_ratio`` (DEKR: 0.15; the ``dekr`` rule's threshold) and keeps at most
+        ``max_people_after_nms``.
 
         Args:
             outputs: per scale ``(heatmaps (B, K+1, h_s, w_s), offsets (B, 2K, h_s, w_s))``.
             scales: per scale ``(sy, sx)`` = that scale's input size / the base input size.
             base_hw: ``(H, W)`` of the base input image; poses come back in its pixels.
         """
+        if len(outputs) != len(scales) or not outputs:
+            raise DataError(f"decode_multiscale: {len(outputs)} outputs for {len(scales)} scales; expected one each")
         with torch.no_grad():
             grid = (base_hw[0] // self.stride, base_hw[1] // self.stride)
+            # DEKR walks the scales from the largest down; the reference scale is 1 (here: the nearest to 1)
+            order = sorted(range(len(scales)), key=lambda i: -scales[i][0] * scales[i][1])
+            ref = min(order, key=lambda i: abs(math.log(scales[i][0])) + abs(math.log(scales[i][1])))
+            cands = {}
             avg = None
-            all_c, all_j, all_v = [], [], []
-            for (hm, off), (sy, sx) in zip(outputs, scales):
-                c, j, v = self.candidates(hm, off)
-                s = c.new_tensor([sx, sy])
-                # input pixels of scale s -> base input pixels (pixel-area aligned, like the image resize)
-                all_c.append((c + 0.5) / s - 0.5)
-                all_j.append((j + 0.5) / s - 0.5)
-                all_v.append(v)
+            for i in order:
+                hm, off = outputs[i]
+                sy, sx = scales[i]
+                c = self.candidates(hm, off)
+                s = c.centers.new_tensor([sx, sy])
+                # input pixels of scale s -> base input pixels: pixel-area aligned, like the image resize; under
+                # grid_align=dekr x / s and corner-aligned heatmaps, as DEKR's aggregate_results (reverse_scale)
+                dekr = self.align == "dekr"
+                to_base = (lambda v: v / s) if dekr else (lambda v: (v + 0.5) / s - 0.5)  # noqa: E731
+                cands[i] = Candidates(to_base(c.centers), to_base(c.joints), c.scores, c.valid)
                 up = hm.float() if tuple(hm.shape[-2:]) == grid else \
-                    F.interpolate(hm.float(), size=grid, mode="bilinear", align_corners=False)
+                    F.interpolate(hm.float(), size=grid, mode="bilinear", align_corners=dekr)
                 avg = up if avg is None else avg + up
             avg = avg / len(outputs)
-            poses, scores = self.score(avg, torch.cat(all_c, 1), self.refine(avg, torch.cat(all_j, 1)))
-            return self._finish(poses, scores, torch.cat(all_v, 1))
+
+            def best(c: Candidates) -> Tensor:  # (B, 1) best valid center score, 1 where none (DEKR)
+                top = torch.where(c.valid, c.scores, torch.full_like(c.scores, -math.inf)).amax(1, keepdim=True)
+                return torch.where(torch.isfinite(top), top, torch.ones_like(top))
+
+            ref_best = best(cands[ref])
+            center_scores = [cands[i].scores if i == ref else
+                             cands[i].scores / best(cands[i]) * ref_best * self.ms_scale_decrease for i in order]
+            joints = self.refine(avg, torch.cat([cands[i].joints for i in order], 1))
+            poses, scores, heat = self._joint_scores(avg, torch.cat(center_scores, 1), joints)
+            valid = torch.cat([cands[i].valid for i in order], 1)
+            scores, kept = self._select(poses, scores, heat, valid, self.ms_pose_nms_ratio)
+            return [Poses(poses[i][keep], scores[i][keep]) for i, keep in enumerate(kept)]
+
+
+def _dekr_nms(near: np.ndarray, rank: np.ndarray) -> list[int]:
+    """DEKR's ``nms_core``: walk the poses in order; each not yet absorbed takes its group ``near[i]`` (itself
+    included), keeps the group's best by ``rank`` unless that one is already absorbed, and absorbs the group."""
+    absorbed = np.zeros(len(rank), bool)
+    keep = []
+    for i in range(len(rank)):  # M <= max_people * scales: a loop over people, not pixels
+        if absorbed[i]:
+            continue
+        group = np.nonzero(near[i])[0]
+        best = group[np.argmax(rank[group])]
+        if absorbed[best]:
+            continue
+        keep.append(int(best))
+        absorbed[group] = True
+    return keep
+
+
+def _greedy_nms(near: np.ndarray, rank: np.ndarray) -> list[int]:
+    """Best first by ``rank``; a pose is dropped when a kept one finds it near (``near[kept, pose]``)."""
+    order = np.argsort(-rank, kind="stable")
+    alive = np.ones(len(rank), bool)
+    keep = []
+    for i in order:
+        if alive[i]:
+            keep.append(int(i))
+            alive &= ~near[i]
+    return keep
 
 
 @functools.lru_cache(maxsize=8)

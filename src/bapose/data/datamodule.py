@@ -289,6 +289,8 @@ class BAPoseDataModule(L.LightningDataModule):
                     kwargs["min_center_area"] = MIN_CENTER_AREA[self.eval_mode]
                     log.info("data '%s': %s rules, codec.min_center_area=%g (people smaller than that get no "
                              "center)", self.name, self.eval_mode, kwargs["min_center_area"])
+                if kwargs.get("oks_sigmas") is None:  # pose NMS by OKS compares poses as the evaluator would
+                    kwargs["oks_sigmas"] = tuple(self.meta.sigmas)
                 self._codec = BAPoseCodec(**kwargs)
             else:
                 self._codec = cfg

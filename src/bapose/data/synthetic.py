@@ -69,6 +69,8 @@ MARKER = "SYNTH_COMPLETE.json"
 ANATOMY = COCO_KEYPOINTS + ("head", "neck")
 _A = {name: i for i, name in enumerate(ANATOMY)}
 _SPLITS = {"train": 0, "val": 1}
+# options added after GENERATOR_VERSION 1, with the default that reproduces the older bytes
+_LATER_OPTIONS = {"stack_prob": 0.0, "stack_spread": 0.01, "min_area": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------------- spec
@@ -90,9 +92,17 @@ class SynthSpec:
         aspect_range: width / height drawn uniformly from this range.
         min_visible: least fraction of its in-image body mask a labelled person keeps after occlusion.
         min_center_gap: least Chebyshev distance between two labelled people's centers (mean of their labelled
-            joints), as a fraction of the image's long side. A bottom-up codec regresses offsets in a square around
-            each center (DEKR: radius 4 cells at stride 4 = 16 px at input = image size); centers closer than that
-            overwrite each other, so no network could find both. The default keeps the codec upper bound ~1.
+            joints), as a fraction of the image's long side. With DEKR's codec rules, centers closer than its offset
+            square (radius 4 cells at stride 4 = 16 px at input = image size) overwrite each other, so no network
+            could find both; the default keeps such scenes out. 0 (with ``stack_prob``) makes the dense crowds on
+            which ``scripts/codec_upper_bound.py`` tests the codec's collision rules.
+        stack_prob: chance that a labelled person is placed right behind or in front of one already placed (a
+            queue seen from the front): its center within ``stack_spread`` of the other's, its size drawn anew.
+            Centers then share grid pixels often. 0 (default) draws no extra random numbers: same bytes as before.
+        min_area: least visible body area (pixels) of a labelled person. The codec gives people below its
+            ``min_center_area`` (32^2 at the input size) no center; dense crowds occlude many people below it.
+        stack_spread: the stacked center is the other's center plus a uniform offset in
+            ``[-stack_spread, stack_spread]`` x the long side, per axis.
         jpeg_quality: cv2 JPEG quality.
     """
 
@@ -108,6 +118,9 @@ class SynthSpec:
     aspect_range: tuple[float, float] = (1.0, 1.0)
     min_visible: float = 0.35
     min_center_gap: float = 0.0625
+    stack_prob: float = 0.0
+    stack_spread: float = 0.01
+    min_area: float = 0.0
     jpeg_quality: int = 90
     version: int = field(default=GENERATOR_VERSION)
 
@@ -128,6 +141,9 @@ class SynthSpec:
         object.__setattr__(self, "crowd_prob", float(self.crowd_prob))
         object.__setattr__(self, "min_visible", float(self.min_visible))
         object.__setattr__(self, "min_center_gap", float(self.min_center_gap))
+        object.__setattr__(self, "stack_prob", float(self.stack_prob))
+        object.__setattr__(self, "stack_spread", float(self.stack_spread))
+        object.__setattr__(self, "min_area", float(self.min_area))
         checks = [
             (self.num_train >= 0 and self.num_val >= 0, "num_train/num_val", "non-negative image counts"),
             (self.num_train + self.num_val > 0, "num_train/num_val", "at least one image"),
@@ -141,6 +157,9 @@ class SynthSpec:
              "width/height ratios within [0.25, 4]"),
             (0.0 <= self.min_visible <= 1.0, "min_visible", "a fraction in [0, 1]"),
             (0.0 <= self.min_center_gap < 0.5, "min_center_gap", "a fraction of the long side in [0, 0.5)"),
+            (0.0 <= self.stack_prob <= 1.0, "stack_prob", "a probability in [0, 1]"),
+            (0.0 <= self.stack_spread < 0.5, "stack_spread", "a fraction of the long side in [0, 0.5)"),
+            (self.min_area >= 0.0, "min_area", "a non-negative area in pixels"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality", "an integer in 1..100"),
         ]
         for ok, name, expected in checks:
@@ -158,7 +177,10 @@ class SynthSpec:
         return DatasetMeta.preset(self.keypoint_set)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        # options added after version 1 are left out at their default: the hash (cache folder) and the marker of
+        # every dataset generated before them stay valid, and those datasets are byte-identical
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
 
     def key(self) -> str:
         """Short hash of every parameter: the cache folder name."""
@@ -423,7 +445,7 @@ def _layout_ok(figs: list[_Figure], spec: SynthSpec, kp_index: np.ndarray, h: in
         total = int(fig.mask.sum())
         seen = int((fig.mask & ~nearer).sum())
         v = _visibility(fig, nearer, h, w)[kp_index]
-        if total < 16 or seen < spec.min_visible * total or (v > 0).sum() < (k + 1) // 2 or (v == 2).sum() < 3:
+        if total < 16 or seen < max(spec.min_visible * total, spec.min_area) or (v > 0).sum() < (k + 1) // 2 or (v == 2).sum() < 3:
             return False
         centers.append(fig.points[kp_index][v > 0].mean(axis=0))
         nearer |= fig.mask
@@ -439,6 +461,23 @@ def _place(rng: np.random.Generator, spec: SynthSpec, h: int, w: int, lo: float,
     height = h * float(np.exp(np.log(lo) + t * (np.log(hi) - np.log(lo))))
     foot_y = h * (0.45 + 0.6 * t + rng.normal(0, 0.07))
     fig = _make_figure(rng, height, rng.uniform(-0.05, 1.05) * w, foot_y, detail)
+    fig.mask = _mask(fig.prims, (h, w))
+    return fig
+
+
+def _stack(rng: np.random.Generator, spec: SynthSpec, h: int, w: int, other: _Figure,
+           kp_index: np.ndarray) -> _Figure:
+    """A figure of a new size whose center (mean of its joints) is ``other``'s within ``stack_spread``, just in
+    front of or behind it (``stack_prob``)."""
+    lo, hi = spec.height_range
+    height = h * float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    target = other.points[kp_index].mean(0) + rng.uniform(-1.0, 1.0, 2) * spec.stack_spread * max(h, w)
+    seed = int(rng.integers(2**62))
+    # a figure's points move rigidly with (centre_x, foot_y): draw it at 0, then again shifted onto the target
+    probe = _make_figure(np.random.default_rng(seed), height, 0.0, 0.0)
+    dx, dy = target - probe.points[kp_index].mean(0)
+    fig = _make_figure(np.random.default_rng(seed), height, float(dx), float(dy))
+    fig.depth = other.depth + float(rng.choice([-1.0, 1.0]) * rng.uniform(0.005, 0.05) * h)
     fig.mask = _mask(fig.prims, (h, w))
     return fig
 
@@ -460,7 +499,11 @@ def render_scene(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     for _ in range(8 * target):
         if len(labelled) == target:
             break
-        trial = sorted(labelled + [_place(rng, spec, h, w, *spec.height_range)], key=lambda f: f.depth)
+        if labelled and spec.stack_prob > 0 and rng.random() < spec.stack_prob:
+            new = _stack(rng, spec, h, w, labelled[int(rng.integers(len(labelled)))], kp_index)
+        else:
+            new = _place(rng, spec, h, w, *spec.height_range)
+        trial = sorted(labelled + [new], key=lambda f: f.depth)
         if _layout_ok(trial, spec, kp_index, h, w):
             labelled = trial
 
