@@ -126,14 +126,18 @@ def test_report_sort_and_metric_are_arguments(tmp_path):
         sweep_report([sweep], metric="val/APx", cost=False)
 
 
-def test_report_of_several_sweeps_and_single_run_folders(tmp_path):
+def test_report_of_several_sweeps_and_single_run_folders_with_crowdpose_columns(tmp_path):
     a, b = tmp_path / "a", tmp_path / "runs"
-    make_job(a, 0, ["data.input_size=64", "seed=1"], {"val/AP": 0.2})
-    make_job(a, 1, ["data.input_size=64", "seed=2"], {"val/AP": 0.4})
-    make_job(b / "2026-01-01_00-00-00", 0, ["data.input_size=96"], {"val/AP": 0.5}).rename(b / "single")
+    crowd = {"val/AP_easy": 0.7, "val/AP_medium": 0.6, "val/AP_hard": 0.5}
+    make_job(a, 0, ["data=crowdpose", "data.input_size=64", "seed=1"], {"val/AP": 0.2, **crowd})
+    make_job(a, 1, ["data=crowdpose", "data.input_size=64", "seed=2"], {"val/AP": 0.4, **crowd})
+    make_job(b / "2026-01-01_00-00-00", 0, ["data=crowdpose", "data.input_size=96"], {"val/AP": 0.5, **crowd})
+    (b / "2026-01-01_00-00-00" / "0").rename(b / "single")
     report = sweep_report([a, b / "single"], cost=False)
     assert report.keys == ["data.input_size"] and [r.n for r in report.rows] == [1, 2]
     assert report.rows[1].stats["val/AP"][:2] == (pytest.approx(0.3), pytest.approx(statistics.stdev([0.2, 0.4])))
+    header = table_rows(report.markdown())[0]
+    assert header[2:6] == ["AP", "AP easy", "AP medium", "AP hard"] and "AP50" not in header
 
 
 def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):

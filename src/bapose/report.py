@@ -515,7 +515,8 @@ class SweepReport:
             for key, _ in self.columns:
                 mean, std, _n = r.stats.get(key, (None, None, 0))
                 row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-            row.update({"n": r.n, "params_m": r.params_m, "gflops": r.gflops, "train_seconds": r.train_seconds,
+            seconds = None if r.train_seconds is None else round(r.train_seconds, 1)
+            row.update({"n": r.n, "params_m": r.params_m, "gflops": r.gflops, "train_seconds": seconds,
                         "best": r.best, "folded": ";".join(
                             ",".join(f"{k}={fmt_value((j.overrides or {}).get(k, DEFAULT))}" for k in self.folded)
                             for j in r.jobs),
