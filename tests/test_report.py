@@ -140,6 +140,30 @@ def test_report_of_several_sweeps_and_single_run_folders_with_crowdpose_columns(
     assert header[2:6] == ["AP", "AP easy", "AP medium", "AP hard"] and "AP50" not in header
 
 
+def test_params_and_gflops_are_bapose_profile_numbers_of_each_jobs_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bapose.cli.profile import profile
+    from bapose.cli.train import compose_config
+
+    sweep = tmp_path / "sweep"
+    for num, (model, size) in enumerate([("bapose_w18s", 64), ("bapose_w18s", 128), ("dekr_w18s", 128)]):
+        job = make_job(sweep, num, [f"model={model}", f"data.input_size={size}"], {"val/AP": 0.1 * num})
+        cfg = compose_config([f"model={model}", f"data.input_size={size}"], output_dir=job)
+        # what Hydra saves: the job's config without the hydra node, interpolations kept
+        OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, job / ".hydra" / "config.yaml")
+    report = sweep_report([sweep])
+    assert len(report.rows) == 3
+    for row in report.rows:
+        model, size = row.values["model"], row.values["data.input_size"]
+        expected = profile(compose_config([f"model={model}", "data=synthetic", f"data.input_size={size}", "repeats=0"],
+                                          config_name="profile"))
+        assert (row.params_m, row.gflops) == (pytest.approx(expected["params_m"]), pytest.approx(expected["gflops"]))
+    by = {(r.values["model"], r.values["data.input_size"]): r for r in report.rows}
+    assert by["bapose_w18s", 128].gflops == pytest.approx(4 * by["bapose_w18s", 64].gflops, rel=0.01)
+    assert by["bapose_w18s", 128].params_m > by["dekr_w18s", 128].params_m  # D-WASP adds parameters
+
+
 def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # conftest keeps tracebacks; the CLI shows one line
     empty = tmp_path / "empty_sweep"
