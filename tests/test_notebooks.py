@@ -26,7 +26,9 @@ def _run(name: str) -> nbformat.NotebookNode:
 
 
 def _text(nb) -> str:
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    """Printed text and displayed markdown of every code cell."""
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def _images(nb) -> int:
@@ -43,11 +45,15 @@ def test_targets_notebook_runs_and_round_trips():
     assert dekr and int(dekr.group(1)) > 0 and "default rules: lost 0 of" in text
 
 
-def test_ablations_notebook_reads_fixture_sweep_and_plots():
+def test_ablations_notebook_reports_fixture_sweep_and_plots():
     nb = _run("02_ablations.ipynb")
     text = _text(nb)
-    assert "FIXTURE" in text and text.count("  csv") == 4 and text.count("  wandb") == 3
-    assert "best: job" in text and _images(nb) == 1
+    assert "FIXTURE" in text
+    # bapose.report's table: width x size rows (seeds folded, n=2), the best marked, the failed job listed
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| 2 |" in line]
+    assert len(rows) == 4 and sum(line.startswith("| ★ |") for line in rows) == 1
+    assert "| model | data.input_size | AP |" in text and "CUDA out of memory (fixture)" in text
+    assert "best: model=bapose_w48, data.input_size=640: val/AP 0.7000 (n=2)" in text and _images(nb) == 1
 
 
 def test_kernel_is_this_interpreter():

@@ -32,6 +32,7 @@ def test_config_dir_and_console_scripts_resolve() -> None:
     assert (config_dir() / "train.yaml").is_file()
     scripts = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("bapose-")}
     assert set(scripts) >= {"bapose-train", "bapose-eval", "bapose-predict", "bapose-export", "bapose-profile",
-                            "bapose-score", "bapose-synth", "bapose-convert"}
+                            "bapose-score", "bapose-synth", "bapose-convert",
+                            "bapose-report"}
     for ep in scripts.values():
         assert callable(ep.load()), ep.name

@@ -22,7 +22,6 @@ from typing import Any
 import hydra
 import lightning as L
 import numpy as np
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -120,35 +119,18 @@ def log_config(loggers: list[Any], cfg: DictConfig) -> None:
         lg.log_hyperparams(plain)
 
 
-@torch.no_grad()
 def save_prediction_image(module: Any, dataset: Any, path: Path, count: int) -> Path | None:
     """Draw the module's predictions on the first ``count`` validation images and save one tiled PNG."""
     import cv2
 
-    from bapose.vis import draw_poses, tile_images
+    from bapose.training.callbacks import draw_predictions
+    from bapose.vis import tile_images
 
-    if dataset is None or count <= 0 or len(dataset) == 0:
+    drawn = draw_predictions(module, dataset, count)
+    if not drawn:
         return None
-    module.eval()
-    tiles = []
-    for i in range(min(count, len(dataset))):
-        sample = dataset[i]
-        image = sample["image"]
-        result = module.predict_poses(image[None].to(module.device), flip=module.val_flip,
-                                      scales=module.val_scales)[0]
-        rgb = image.permute(1, 2, 0).cpu().numpy()
-        if "valid_size" in sample:  # crop the eval padding
-            h, w = (int(v) for v in sample["valid_size"])
-            rgb = rgb[:h, :w]
-        poses = result.poses.cpu().numpy().astype(np.float64)
-        # small inputs (the 128-px demo) are drawn at >= 256 px so skeletons stay readable
-        zoom = max(1, -(-256 // min(rgb.shape[:2])))
-        if zoom > 1:
-            rgb = cv2.resize(rgb, (rgb.shape[1] * zoom, rgb.shape[0] * zoom), interpolation=cv2.INTER_LINEAR)
-            poses[..., :2] = (poses[..., :2] + 0.5) * zoom - 0.5
-        tiles.append(draw_poses(np.ascontiguousarray(rgb), poses, result.scores.cpu().numpy(), module.meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(tile_images(tiles), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(tile_images([im for _, im in drawn]), cv2.COLOR_RGB2BGR))
     return path
 
 

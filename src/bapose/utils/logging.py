@@ -170,11 +170,19 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+METRIC_ORDER = ("AP", "AP50", "AP75", "APm", "APl", "AP_easy", "AP_medium", "AP_hard", "AR", "AR50", "AR75", "ARm",
+                "ARl")
+
+
+def metric_order(metrics: Iterable[str]) -> list[str]:
+    """Metric names in a stable, paper-like order (:data:`METRIC_ORDER`, then the rest sorted)."""
+    names = set(metrics)
+    return [k for k in METRIC_ORDER if k in names] + sorted(names - set(METRIC_ORDER))
+
+
 def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
     """A fixed-width two-row table of AP/AR numbers, keys in a stable, paper-like order."""
-    order = ["AP", "AP50", "AP75", "APm", "APl", "AP_easy", "AP_medium", "AP_hard", "AR", "AR50", "AR75", "ARm",
-             "ARl"]
-    keys = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
+    keys = metric_order(metrics)
     if not keys:
         return f"{title}: (no metrics)"
     width = max(7, *(len(k) + 1 for k in keys))
