@@ -39,6 +39,9 @@ MMPOSE = {
 MMPOSE_WARMUP_ITERS = 500  # LinearLR(begin=0, end=500, by_epoch=False) in all four
 MMPOSE_MIN_DIAGONAL = 32**0.5  # SPR(minimal_diagonal_length=32**0.5), output-grid pixels
 DEKR_OFFSET_FACTOR = 0.03  # DEKR LOSS.OFFSETS_LOSS_FACTOR
+# DEKR's multi-scale test (README "testing" + experiments/*/*.yaml TEST.*): pose NMS at 0.15 of the diagonal,
+# TEST.DECREASE 0.9 on COCO / 0.8 on CrowdPose, TEST.MAX_NUM_PEOPLE 30 kept after NMS
+DEKR_MS = {"coco": (0.15, 0.9, 30), "crowdpose": (0.15, 0.8, 30)}
 BETA = 1 / 9  # smooth-L1 beta, DEKR and MMPose
 
 
@@ -67,6 +70,12 @@ def test_paper_row_config(name: str, tmp_path: Path) -> None:
     codec = _codec(cfg)
     assert (codec.center_sigma, codec.keypoint_sigma) == (4.0, 2.0)
     assert codec.min_center_area == (32.0**2 if dataset == "coco" else 0.0)
+    # item 3: DEKR's multi-scale merge; the DEKR rows decode with DEKR's exact rules
+    ratio, decrease, people = DEKR_MS[dataset]
+    assert (codec.ms_pose_nms_ratio, codec.ms_scale_decrease) == (ratio, decrease)
+    assert (codec.max_people_after_nms or codec.max_people) == people
+    if "_dekr_" in name:
+        assert (codec.nms_rule, codec.offset_owner, codec.center_collision) == ("dekr", "smaller", "ignore")
     # items 2, 6, 7
     assert cfg.rescore.enabled is True and cfg.rescore.flip is True and list(cfg.rescore.scales) == [1.0]
     assert cfg.data.train_images == "annotated" and cfg.model_selection == "last"

@@ -484,13 +484,15 @@ class SweepReport:
         head = ["", *self.keys, *(h for _, h in self.columns), "n", "params (M)", "GFLOPs", "train time"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] * len(head)) + "|")
+        # one unit for the whole train-time column (the largest time picks it), so rows compare at a glance
+        longest = max((r.train_seconds for r in self.rows if r.train_seconds is not None), default=None)
         for r in self.rows:
             cells = ["★" if r.best else ""]
             cells += [_md(fmt_value(r.values.get(k, DEFAULT))) for k in self.keys]
             for key, _ in self.columns:
                 cell = _fmt_stat(r.stats.get(key))
                 cells.append(f"**{cell}**" if r.best and key == self.metric else cell)
-            cells += [str(r.n), _fmt_num(r.params_m, 2), _fmt_num(r.gflops, 2), _fmt_time(r.train_seconds)]
+            cells += [str(r.n), _fmt_num(r.params_m, 2), _fmt_num(r.gflops, 2), _fmt_time(r.train_seconds, longest)]
             lines.append("| " + " | ".join(cells) + " |")
         if self.problems:
             lines += ["", f"## Failed or unfinished jobs ({len(self.problems)})", "",
@@ -635,12 +637,14 @@ def _fmt_num(v: float | None, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _fmt_time(seconds: float | None) -> str:
+def _fmt_time(seconds: float | None, scale: float | None = None) -> str:
+    """``seconds`` in s, min or h, the unit chosen by ``scale`` (the column's largest value; default ``seconds``)."""
     if seconds is None:
         return "-"
-    if seconds < 120:
+    scale = seconds if scale is None else scale
+    if scale < 120:
         return f"{seconds:.0f} s"
-    if seconds < 7200:
+    if scale < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
 

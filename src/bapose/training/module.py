@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ from bapose.training.schedules import lr_scheduler_configs
 from bapose.utils.checkpoint import assert_finite_state, check_state_dict_compatible
 
 log = logging.getLogger("bapose")
+# val/test metrics are computed from one gather of every rank's people and are equal on every rank (sync_dist=False on
+# purpose): Lightning's advice to reduce them again would only add a collective per metric
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 class NonFiniteLossError(BAPoseError, RuntimeError):
