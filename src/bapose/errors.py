@@ -41,6 +41,15 @@ def where(file: object = None, field: str | None = None, ann_id: object = None) 
     return ", ".join(parts)
 
 
+def check_unique_ids(file: object, repeated: list) -> None:
+    """A DataError naming the annotation ids of ``file`` that appear more than once (the first ten), if any."""
+    if repeated:
+        shown = sorted(set(repeated), key=str)
+        raise DataError(f"{where(file, 'annotations.id')}: annotation id(s) {shown[:10]}"
+                        f"{f' and {len(shown) - 10} more' if len(shown) > 10 else ''} appear more than once; "
+                        "expected unique annotation ids")
+
+
 def user_message(err: BaseException) -> str:
     """The one line to show a user for ``err``.
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.data.transforms import EvalTransform, TrainTransform
-from bapose.errors import ConfigError, DataError, where
+from bapose.errors import ConfigError, DataError, check_unique_ids, where
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +192,7 @@ def load_coco_keypoint_json(ann_file: str | os.PathLike, keypoints_field: str = 
         if ann["id"] in ann_ids:
             repeated.append(ann["id"])
         ann_ids.add(ann["id"])
-    if repeated:
-        shown = sorted(set(repeated), key=str)
-        raise DataError(f"{where(ann_file, 'annotations.id')}: annotation id(s) {shown[:10]}"
-                        f"{f' and {len(shown) - 10} more' if len(shown) > 10 else ''} appear more than once; "
-                        "expected unique annotation ids")
+    check_unique_ids(ann_file, repeated)
     return data
 
 

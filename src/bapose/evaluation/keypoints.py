@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
-from bapose.errors import DataError, where
+from bapose.errors import DataError, check_unique_ids, where
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
@@ -186,11 +186,7 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
             raise DataError(f"{where(file, 'area', aid)}: missing; COCO rules take the OKS scale from the segment "
                             "area: score with CrowdPose rules (--dataset crowdpose, data.eval_mode=crowdpose) or "
                             "take it from the box (--area-from bbox)")
-    if repeated:
-        shown = sorted(set(repeated), key=str)
-        raise DataError(f"{where(file, 'annotations.id')}: annotation id(s) {shown[:10]}"
-                        f"{f' and {len(shown) - 10} more' if len(shown) > 10 else ''} appear more than once; "
-                        "expected unique annotation ids")
+    check_unique_ids(file, repeated)
     return anns
 
 
