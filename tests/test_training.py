@@ -258,3 +258,31 @@ def test_eval_of_saved_checkpoint_reproduces_training_ap(tmp_path):
     assert len(results) > 0 and {"image_id", "keypoints", "score"} <= set(results[0])
     key = lambda r: (r["image_id"], -r["score"])  # noqa: E731
     assert sorted(results, key=key) == sorted(at_train, key=key)
+
+
+def test_validation_batches_of_mixed_sizes_give_each_image_its_batch_of_one_poses() -> None:
+    """D-WASP's image pool averages over the whole input: an image padded to a larger neighbour would see the padding.
+    Validation runs images in groups of their own padded size, so a mixed batch decodes each image as alone."""
+    from bapose.cli.train import compose_config
+    from bapose.codecs import BAPoseCodec
+    from bapose.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(compose_config(["model=bapose_w18s", "data=coco"], config_name="profile").model,
+                      pretrained=False).eval()
+    for final in (net.heatmap_head.final, net.offset_head.final):
+        torch.nn.init.normal_(final.weight, std=0.05)  # outputs that depend on the whole net (and its image pool)
+    module = BAPoseModule(net, codec=BAPoseCodec(input_size=64, center_threshold=0.0, max_people=5)).eval()
+    g = torch.Generator().manual_seed(3)
+    wide, square = torch.rand(3, 64, 96, generator=g), torch.rand(3, 64, 64, generator=g)
+    batch = torch.zeros(2, 3, 64, 96)
+    batch[0], batch[1, :, :, :64] = wide, square
+    mixed = module._eval_predict({"image": batch, "valid_size": torch.tensor([[64, 96], [60, 61]])}, False, (1.0,))
+    alone = [module._eval_predict({"image": x[None], "valid_size": torch.tensor([[64, 64]])}, False, (1.0,))[0]
+             for x in (wide, square)]
+    for got, want in zip(mixed, alone, strict=True):
+        assert got.poses.shape == want.poses.shape and got.poses.shape[0] > 0
+        torch.testing.assert_close(got.poses, want.poses, atol=1e-4, rtol=1e-4)
+    # and padded to the wide image's size, the square one's people really change (what the grouping avoids)
+    padded = module.predict_poses(batch[1:], flip=False)[0]
+    assert padded.poses.shape != alone[1].poses.shape or (padded.poses - alone[1].poses).abs().max() > 1e-3

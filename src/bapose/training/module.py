@@ -281,8 +281,32 @@ class BAPoseModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return predict(self.eval_net, x, self.codec, meta=self.meta, flip=flip, scales=scales)
 
+    def _eval_predict(self, batch: Mapping[str, Any], flip: bool, scales: Sequence[float]) -> list[Any]:
+        """``predict_poses`` on a val/test batch, each image at its own padded size.
+
+        The collate pads a batch to its largest image, and D-WASP's image-pool branch averages over the whole input,
+        padding included: an image's people would depend on which images share its batch. Images are therefore run
+        in groups of equal own padded size (``valid_size`` rounded up to the net's ``size_divisor``), cropped to it;
+        a batch of one size (the usual case: ``val_batch_size=1`` or equal-sized images) is one call, as before.
+        """
+        images, valid = batch["image"], batch.get("valid_size")
+        if valid is None or images.shape[0] == 1:
+            return self.predict_poses(images, flip=flip, scales=scales)
+        div = int(getattr(self.net, "size_divisor", 32))
+        own = ((torch.as_tensor(valid).reshape(-1, 2).cpu() + div - 1) // div * div).tolist()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (h, w) in enumerate(own):
+            groups.setdefault((min(int(h), images.shape[-2]), min(int(w), images.shape[-1])), []).append(i)
+        if len(groups) == 1 and next(iter(groups)) == tuple(images.shape[-2:]):
+            return self.predict_poses(images, flip=flip, scales=scales)
+        results: list[Any] = [None] * images.shape[0]
+        for (h, w), idx in groups.items():
+            for i, r in zip(idx, self.predict_poses(images[idx, :, :h, :w], flip=flip, scales=scales), strict=True):
+                results[i] = r
+        return results
+
     def _eval_step(self, batch: Mapping[str, Any], flip: bool, scales: Sequence[float]) -> None:
-        results = self.predict_poses(batch["image"], flip=flip, scales=scales)
+        results = self._eval_predict(batch, flip, scales)
         affines = batch["input_to_orig"].detach().cpu().numpy()
         ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
         poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
