@@ -286,3 +286,37 @@ def test_validation_batches_of_mixed_sizes_give_each_image_its_batch_of_one_pose
     # and padded to the wide image's size, the square one's people really change (what the grouping avoids)
     padded = module.predict_poses(batch[1:], flip=False)[0]
     assert padded.poses.shape != alone[1].poses.shape or (padded.poses - alone[1].poses).abs().max() > 1e-3
+
+
+def test_bf16_mixed_fit_validation_and_final_evaluation_decode_in_float32(tmp_path, monkeypatch) -> None:
+    """The gpu / ddp presets train in bf16-mixed; on CPU the same Lightning precision plugin runs the net in bf16
+    autocast. Fit, validation, checkpoints and the final evaluation run through it, the net really answers in bf16,
+    and every map reaches the codec in float32 (what the issue's 1-4 px decoding error came from)."""
+    from bapose.codecs import BAPoseCodec
+    from bapose.models.bapose import BAPoseNet
+
+    net_dtypes, codec_dtypes = set(), set()
+    forward, candidates = BAPoseNet.forward, BAPoseCodec.candidates
+
+    def net_spy(self, images):
+        out = forward(self, images)
+        net_dtypes.update(t.dtype for t in out)
+        return out
+
+    def codec_spy(self, heatmaps, offsets):
+        codec_dtypes.update((heatmaps.dtype, offsets.dtype))
+        return candidates(self, heatmaps, offsets)
+
+    monkeypatch.setattr(BAPoseNet, "forward", net_spy)
+    monkeypatch.setattr(BAPoseCodec, "candidates", codec_spy)
+    run = tmp_path / "run"
+    metrics = train(compose_config([*TINY, "draw_images=0", "debug=limit", "trainer.max_epochs=2",
+                                    "trainer.limit_train_batches=3", "trainer.precision=bf16-mixed",
+                                    "codec.center_threshold=-1"], output_dir=run))
+    assert torch.bfloat16 in net_dtypes and codec_dtypes == {torch.float32}
+    assert metrics["global_step"] == 6 and metrics["nonfinite_steps"] == 0 and math.isfinite(metrics["val/AP"])
+    people = json.loads((run / "val_results.json").read_text())
+    assert people and all(math.isfinite(v) for p in people for v in p["keypoints"])
+    # master weights stay float32 in the checkpoint (bf16 is the compute dtype only)
+    state = load_checkpoint_safely(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
