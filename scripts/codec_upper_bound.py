@@ -73,7 +73,7 @@ def main() -> None:
     if kwargs.get("min_center_area") is None:  # null: the rule set's small-person rule (COCO 32^2, CrowdPose none)
         kwargs["min_center_area"] = MIN_CENTER_AREA[mode]
     codec = BAPoseCodec(**kwargs)
-    result = upper_bound(gt, meta, mode, args.input_size, codec, backend=args.backend, oks_threshold=args.oks)
+    result = upper_bound(args.ann, meta, mode, args.input_size, codec, backend=args.backend, oks_threshold=args.oks)
     print(f"codec upper bound, {mode} rules, input {args.input_size}, codec {args.codec} {' '.join(args.set)}: "
           f"{args.ann}")
     print(f"rules: offset_owner={codec.offset_owner} center_collision={codec.center_collision} "
