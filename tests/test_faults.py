@@ -548,3 +548,67 @@ def test_sigkill_mid_epoch_then_requeue_with_the_same_slurm_job_id_resumes(tmp_p
     final = load_checkpoint_safely(last)
     assert final["global_step"] == 2 * STEPS_PER_EPOCH
     assert final["lr_schedulers"][0]["last_epoch"] == 2 * STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_hpc_checkpoint_requeues_and_the_requeued_job_resumes_from_it(tmp_path):
+    """Under SLURM (`--signal=SIGUSR1@120`, README "Scaling out") Lightning's SLURMEnvironment saves an hpc checkpoint
+    into the run folder at the signal and calls `scontrol requeue <job id>`; SLURM then kills the job and starts the
+    same command again. Here SLURM is the environment variables srun sets for one task, `scontrol` a script on PATH
+    that records its arguments, and the kill a SIGKILL: the requeued job finds its folder and resumes from the hpc
+    checkpoint (the state at the signal, not the epoch-end last.ckpt), ending at the uninterrupted schedule's last
+    step."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    record = tmp_path / "scontrol.args"
+    (fake_bin / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> '{record}'\n")
+    (fake_bin / "scontrol").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("SLURM_")},
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "BAPOSE_CACHE": str(tmp_path / "cache"),
+           "BAPOSE_ROOT": str(tmp_path), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+           # what srun sets for a one-task job (Lightning's SLURMEnvironment.detect() needs NTASKS and a job name)
+           "SLURM_JOB_ID": "5151", "SLURM_JOB_NAME": "bapose", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+           "SLURM_NODELIST": "localhost"}
+    # last.ckpt only at epoch ends here: the hpc checkpoint is the most recent state when the signal comes mid-epoch
+    cmd = [str(TRAIN_CLI), *[o for o in SHRUNK_DEMO if not o.startswith("callbacks.last_checkpoint")]]
+    runs = tmp_path / "outputs" / "train" / "runs"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            hpc: list[Path] = []
+            signalled = False
+            while proc.poll() is None and time.monotonic() < deadline:
+                if not signalled and "| step 8 |" in (tmp_path / "first.log").read_text(errors="replace"):
+                    proc.send_signal(signal.SIGUSR1)  # in the second epoch (its first steps)
+                    signalled = True
+                hpc = sorted(runs.glob("slurm-5151-*/hpc_ckpt_*.ckpt"))
+                if hpc and record.exists():
+                    break
+                time.sleep(0.05)
+            first = (tmp_path / "first.log").read_text(errors="replace")
+            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the requeue: {first[-2000:]}"
+            assert hpc and record.exists(), first[-3000:]
+            time.sleep(0.5)  # let Lightning finish the call; then SLURM kills the job for its requeue
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert record.read_text().split() == ["requeue", "5151"]
+    (run,) = runs.iterdir()
+    saved = load_checkpoint_safely(hpc[-1])
+    step = saved["global_step"]
+    last_epoch_end = load_checkpoint_safely(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert STEPS_PER_EPOCH <= step < 2 * STEPS_PER_EPOCH and last_epoch_end == STEPS_PER_EPOCH
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert [p.name for p in runs.iterdir()] == [run.name]
+    assert "resuming from Lightning's SLURM requeue checkpoint" in out
+    m = re.search(r"resumed from '([^']+)': epoch (\d+), global step (\d+)", out)
+    assert m and Path(m[1]) == hpc[-1] and int(m[3]) == step, out[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epoch"] == 2
