@@ -138,3 +138,54 @@ def test_ddp_cpu_fits_validates_and_resumes_like_one_process(tmp_path):
     assert len(draws[0]) == len(draws[1]) == 4 * 2  # 2 batches of 2 per epoch and rank, 2 epochs
     params = {r: [(d["scale"], d["rotation"], d["flip"]) for d in draws[r]] for r in (0, 1)}
     assert all(a != b for a, b in zip(params[0], params[1]))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_share_one_run_folder_and_a_restart_resumes(tmp_path):
+    """README's multi-node torchrun line, with two "nodes" of one process each on this machine (c10d rendezvous on
+    localhost): both ranks compose the same run folder from the rendezvous id, rank 1 logs as node 1, the global
+    batch counts both nodes; the same two commands started again (a torchrun restart) resume from that folder."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))
+              and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HYDRA_FULL_ERROR")},
+           "OMP_NUM_THREADS": "1", "BAPOSE_ROOT": str(tmp_path), "BAPOSE_CACHE": str(tmp_path / "cache"),
+           "WANDB_MODE": "offline"}
+    overrides = ["experiment=demo", *DATA, "data.synthetic.num_train=8", "trainer=ddp_cpu", "trainer.devices=1",
+                 "trainer.num_nodes=2", "logger=[csv]", "draw_images=0", "trainer.limit_val_batches=1"]
+
+    def launch(epochs: int) -> list[str]:
+        port = _free_port()
+        cmd = [str(torchrun), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "-m", "bapose.cli.train", *overrides,
+               f"trainer.max_epochs={epochs}"]
+        nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300)[0] for p in nodes]
+        for p, out in zip(nodes, outs, strict=True):
+            assert p.returncode == 0, out[-3000:]
+        return outs
+
+    launch(1)
+    runs = tmp_path / "outputs" / "train" / "runs"
+    assert [p.name for p in runs.iterdir()] == ["torchrun-twonodes"]
+    run = runs / "torchrun-twonodes"
+    rank0, rank1 = (run / "train.log").read_text(), (run / "train_rank1.log").read_text()
+    assert re.search(rf"process rank 0 of 2 \(local rank 0, node \d\) on \S+, run folder {re.escape(str(run))}", rank0)
+    assert re.search(rf"process rank 1 of 2 \(local rank 0, node \d\) on \S+, run folder {re.escape(str(run))}", rank1)
+    assert {re.search(r"node (\d)\)", t)[1] for t in (rank0, rank1)} == {"0", "1"}
+    assert "global batch 4 = 2 per process x 2 processes (1 devices x 2 nodes) x 1 accumulated" in rank0
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2  # 8 images / (2 ranks x 2)
+
+    outs = launch(2)  # the restart: same rendezvous id, one more epoch
+    assert [p.name for p in runs.iterdir()] == ["torchrun-twonodes"]
+    assert any(re.search(r"resumed from '[^']*last\.ckpt': epoch 1, global step 2", o) for o in outs), outs[0][-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["epoch"] == 2
