@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -145,3 +146,68 @@ def test_optuna_study_in_sqlite_completes_trials_and_marks_the_failed_one(tmp_pa
     states = [(t.state.name, t.params["optimizer.lr"]) for t in study.trials]
     assert states == [("FAIL", -1.0), ("COMPLETE", 0.001), ("COMPLETE", 0.001)]
     assert all(0.0 <= t.value <= 1.0 for t in study.trials if t.state.name == "COMPLETE")
+
+
+def _submitit_tasks(folder: Path) -> list[int]:
+    """PIDs of the processes submitit's local executor runs for the jobs under ``folder``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"submitit.core._submit" in cmd and any(str(folder).encode() in c for c in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds submitit's job process through /proc")
+def test_submitit_launcher_requeues_a_signalled_job_that_resumes_in_its_own_folder(tmp_path):
+    """`hydra/launcher=slurm` and `submitit_local` share Hydra's submitit launcher: a job that gets submitit's
+    preemption / time-out signal (USR2, sent by SLURM `signal_delay_s` before the limit) checkpoints through Hydra's
+    launcher, exits with submitit's requeue code and is started again from its pickle; here the local executor plays
+    SLURM. The requeued job finds its own job folder, resumes from its last.ckpt and ends at the full schedule."""
+    import signal
+    import time
+
+    from bapose.utils.checkpoint import load_checkpoint_safely
+
+    sweep_dir = tmp_path / "sweep"
+    exe = Path(sys.executable).parent / "bapose-train"
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("SLURM_")},
+           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "BAPOSE_ROOT": str(tmp_path)}
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "experiment=demo",
+            *[o for o in TINY if not o.startswith("data.synthetic.num_train")], "data.synthetic.num_train=8",
+            "logger=[csv]", "trainer.max_epochs=4", "callbacks.last_checkpoint.every_n_train_steps=1", "seed=0",
+            f"hydra.sweep.dir={sweep_dir}"]
+    with open(tmp_path / "sweep.log", "w") as log:
+        proc = subprocess.Popen([str(exe), *args], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline, signalled = time.monotonic() + 120, None
+            last = sweep_dir / "0" / "checkpoints" / "last.ckpt"
+            while proc.poll() is None and time.monotonic() < deadline and signalled is None:
+                if last.is_file() and load_checkpoint_safely(last)["global_step"] >= 5:
+                    tasks = _submitit_tasks(sweep_dir)
+                    assert len(tasks) == 1, tasks
+                    os.kill(tasks[0], signal.SIGUSR2)
+                    signalled = tasks[0]
+                time.sleep(0.05)
+            assert signalled is not None, (tmp_path / "sweep.log").read_text()[-3000:]
+            proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = (tmp_path / "sweep.log").read_text()
+    assert proc.returncode == 0, out[-3000:]
+    job_logs = "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit").rglob("*_log.*"))
+    # (submitit's local executor reports every USR2 as a time-out; SLURM tells preemption and time-out apart)
+    assert "Caught signal SIGUSR2" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
+    train_log = (sweep_dir / "0" / "train.log").read_text()
+    m = re.search(r"resumed from '([^']+)': epoch \d+, global step (\d+)", train_log)
+    assert m and Path(m[1]) == last and int(m[2]) >= 5, train_log[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0"]  # no second folder
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 * 4 and metrics["epoch"] == 4  # 8 images / batch 2 = 4 steps an epoch
+    assert json.loads((sweep_dir / "0" / "status.json").read_text())["status"] == "finished"
