@@ -114,3 +114,19 @@ def test_input_size_is_the_checkpoints_unless_given(tmp_path):
     data = with_eval_data(cfg, stored, Path("x.ckpt")).data
     assert data.root == "/new/coco" and data.input_size == 640 and dict(data.val) == {"ann_file": "a.json",
                                                                                        "image_dir": "images"}
+
+
+def test_default_eval_data_of_a_coco_checkpoint_keeps_its_files_and_no_synthetic_options(tmp_path):
+    """A checkpoint trained on COCO files stores `synthetic: null`, `test: null`: conf/data/checkpoint.yaml's all-null
+    `synthetic:` / `test:` nodes must leave them null (an all-null dict made the datamodule generate a dataset with
+    num_train=None), while a key given on the command line still lands."""
+    spec = {"name": "coco", "input_size": 512, "num_keypoints": 17, "root": "/data/coco",
+            "train": {"ann_file": "annotations/person_keypoints_train2017.json", "image_dir": "train2017"},
+            "val": {"ann_file": "annotations/person_keypoints_val2017.json", "image_dir": "val2017"},
+            "test": None, "synthetic": None, "eval_mode": "coco", "val_batch_size": 1}
+    info = {"data": spec, "input_size": 512, "meta": "coco", "num_keypoints": 17}
+    cfg = compose_config(["ckpt_path=x.ckpt", "data.val_batch_size=4"], config_name="eval", output_dir=tmp_path)
+    data = with_eval_data(cfg, info, Path("x.ckpt")).data
+    assert data.synthetic is None and data.test is None
+    assert data.val.ann_file == spec["val"]["ann_file"] and data.root == "/data/coco"
+    assert data.val_batch_size == 4 and data.input_size == 512

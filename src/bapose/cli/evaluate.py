@@ -96,13 +96,16 @@ def _command_line() -> list[str]:
 
 
 def _merge_given(stored: Any, given: Any) -> Any:
-    """``stored`` with every non-null value of ``given`` on top (dicts merged key by key)."""
-    if isinstance(stored, dict) and isinstance(given, dict):
-        out = dict(stored)
+    """``stored`` with every non-null value of ``given`` on top (dicts merged key by key). A ``given`` dict whose
+    values are all null (``conf/data/checkpoint.yaml``'s ``synthetic:``, ``test:``) leaves ``stored`` as it is, also
+    when ``stored`` is null (a COCO checkpoint has no ``synthetic`` options and must not get an all-null dict)."""
+    if isinstance(given, dict):
+        out = dict(stored) if isinstance(stored, dict) else {}
         for key, value in given.items():
-            if value is not None:
-                out[key] = _merge_given(stored.get(key), value)
-        return out
+            merged = _merge_given(out.get(key), value)
+            if merged is not None:
+                out[key] = merged
+        return out if out or isinstance(stored, dict) else stored
     return given if given is not None else stored
 
 
