@@ -357,3 +357,27 @@ def test_small_person_rule_follows_the_rule_set(tmp_path: Path, quirks: set, eva
 def test_presets_keep_their_rule_sets() -> None:
     assert build_datamodule(compose_config(["data=coco"])).codec.min_center_area == 1024.0
     assert build_datamodule(compose_config(["data=crowdpose"])).codec.min_center_area == 0.0
+
+
+def test_a_chosen_keypoints_field_trains_validates_and_rescores(tmp_path: Path) -> None:
+    """data.meta.keypoints_field reaches every reader of the json: the training targets, the validation evaluator and
+    the rescoring stage's OKS targets (each once read `keypoints`, 17 joints, and failed or found no target)."""
+    from bapose.cli.train import train
+
+    gt = _two_sets(quirky_gt(4, 21, {"big_ids"}, width=96, height=80, num_images=3))
+    for img in gt["images"]:
+        (tmp_path / "images" / Path(img["file_name"]).parent).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "images" / img["file_name"]), np.full((80, 96, 3), 90, np.uint8))
+    (tmp_path / "ann.json").write_text(json.dumps(gt))
+    run = tmp_path / "run"
+    cfg = compose_config(["data=custom", f"data.root={tmp_path}", "data.train.ann_file=ann.json",
+                          "data.val.ann_file=ann.json", "data.meta.keypoints_field=keypoints_21",
+                          f"data.meta.sigmas=[{','.join(['0.07'] * 21)}]", "data.input_size=64",
+                          "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
+                          "data.batch_size=2", "data.val_batch_size=1", "model=bapose_w18s", "model.pretrained=false",
+                          "trainer=cpu", "trainer.max_epochs=1", "logger=[csv]", "draw_images=0", "run_test=false",
+                          "codec.center_threshold=-1", "rescore.enabled=true", "rescore.epochs=2"], output_dir=run)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/AP"] <= 1.0 and 0.0 <= metrics["val_rescored/AP"] <= 1.0
+    assert metrics["rescore/predictions"] > 0 and (run / "rescore.pt").is_file()
+    assert all(len(r["keypoints"]) == 21 * 3 for r in json.loads((run / "val_results.json").read_text()))

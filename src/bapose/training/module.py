@@ -141,6 +141,7 @@ class BAPoseModule(L.LightningModule):
         self.meta = None
         self.ann_files: dict[str, Any] = {}
         self.eval_mode: str | None = None
+        self.keypoints_field = "keypoints"  # the annotation field the dataset reads joints from
         self.evaluator = None
         self.last_metrics: dict[str, dict[str, float]] = {}
         # bapose-eval sets collect_results: the COCO-format results of the last val/test epoch, gathered to rank 0
@@ -167,6 +168,7 @@ class BAPoseModule(L.LightningModule):
                 if ann is not None:
                     self.ann_files[split] = ann
             self.eval_mode = getattr(dm, "eval_mode", None) or self.eval_mode
+            self.keypoints_field = getattr(dm, "keypoints_field", self.keypoints_field)
         if self.codec is None:
             raise ConfigError("module: no codec given and the datamodule has no attribute 'codec'; "
                               "expected one of them to provide the BAPoseCodec")
@@ -259,7 +261,8 @@ class BAPoseModule(L.LightningModule):
             raise ConfigError(f"module: no '{split}' annotation file or dataset meta; expected the datamodule to "
                               f"expose 'meta' and '{split}_ann_file'")
         mode = self.eval_mode or ("crowdpose" if self.meta.name == "crowdpose" else "coco")
-        return KeypointEvaluator(ann, self.meta, mode=mode, only_seen_images=self._partial_eval(split))
+        return KeypointEvaluator(ann, self.meta, mode=mode, only_seen_images=self._partial_eval(split),
+                                 keypoints_field=self.keypoints_field)
 
     def _partial_eval(self, split: str) -> bool:
         """Whether this loop sees only part of the split (sanity check, fast_dev_run, limit_*_batches): then score

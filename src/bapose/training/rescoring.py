@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, Subset
 from bapose.codecs.rescore import pearson, save_rescore, train_rescore, training_set
 from bapose.data.datamodule import collate_eval, worker_init_fn
 from bapose.data.dataset import CocoKeypointDataset, limit_cv2_threads_before_fork
-from bapose.data.transforms import EvalTransform
 from bapose.errors import ConfigError
 from bapose.inference import to_original
 from bapose.utils.logging import format_metrics_table, write_json
@@ -110,10 +109,18 @@ def choose_images(candidates: Sequence[Any], max_images: int | None, seed: int) 
     return [ids[i] for i in sorted(pick)]
 
 
-def _with_areas(gt: Mapping[str, Any]) -> dict[str, Any]:
-    """The ground truth with every annotation's OKS ``area`` filled the way the dataset reads it (a custom json may
-    lack the field: polygon area, else bbox w*h)."""
-    anns = [a if "area" in a else {**a, "area": CocoKeypointDataset._area(a)} for a in gt.get("annotations", [])]
+def scoring_gt(gt: Mapping[str, Any], keypoints_field: str = "keypoints") -> dict[str, Any]:
+    """The training ground truth as the OKS targets read it: each annotation's joints under ``keypoints`` (taken
+    from the dataset's ``keypoints_field``) and its OKS ``area`` filled the way the dataset reads it (a custom json
+    may lack the field: polygon area, else bbox w*h)."""
+    anns = []
+    for a in gt.get("annotations", []):
+        a = dict(a)
+        if keypoints_field != "keypoints" and keypoints_field in a:
+            a["keypoints"] = a[keypoints_field]
+        if "area" not in a:
+            a["area"] = CocoKeypointDataset._area(a)
+        anns.append(a)
     return {**gt, "annotations": anns}
 
 
@@ -158,7 +165,7 @@ class _Predictor(L.LightningModule):
         self.flip, self.scales = bool(flip), tuple(scales)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Predictions:
-        results = self.module.predict_poses(batch["image"], flip=self.flip, scales=self.scales)
+        results = self.module._eval_predict(batch, self.flip, self.scales)  # each image at its own padded size
         affines = batch["input_to_orig"].detach().cpu().numpy()
         ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
         parts = []
@@ -190,10 +197,8 @@ def predict_training_images(trainer: L.Trainer, module: Any, datamodule: Any, im
                             opts: RescoreOptions) -> Predictions:
     """People predicted by ``module`` (its current weights and codec) on ``image_ids`` of the training json, resized
     as evaluation images (short side = input size), gathered over ranks."""
-    train = datamodule.train_dataset
-    dataset = CocoKeypointDataset(train.ann_file, train.image_dir, meta=datamodule.meta, train=False,
-                                  transform=EvalTransform(datamodule.input_size, datamodule.size_divisor),
-                                  on_bad_sample=datamodule.on_bad_sample)
+    # the training split read as val/test are (resize rule, joint field, bad-sample policy: the datamodule's own)
+    dataset = datamodule._dataset("train", train=False)
     index = {image_id: i for i, image_id in enumerate(dataset.ids)}
     subset = Subset(dataset, [index[i] for i in image_ids if i in index])
     if datamodule.num_workers > 0:
@@ -209,8 +214,8 @@ def predict_training_images(trainer: L.Trainer, module: Any, datamodule: Any, im
 
 def fit_rescore_net(gt: Mapping[str, Any], predictions: Predictions, meta: Any, mode: str, opts: RescoreOptions,
                     path: Path) -> dict[str, Any]:
-    """Fit the rescoring net to the OKS of ``predictions`` with ``gt``, save it to ``path``; returns fit statistics
-    (``{}`` when nothing could be fitted).
+    """Fit the rescoring net to the OKS of ``predictions`` with ``gt`` (as :func:`scoring_gt` returns it), save it
+    to ``path``; returns fit statistics (``{}`` when nothing could be fitted).
 
     Predictions on images without a usable ground-truth person carry no target and are dropped (DEKR).
     """
@@ -219,7 +224,7 @@ def fit_rescore_net(gt: Mapping[str, Any], predictions: Predictions, meta: Any, 
     kept = predictions.select(on_usable).as_results()
     if not kept:
         return {}
-    feats, targets, scores, ids = training_set(_with_areas(gt), kept, meta.sigmas, meta.skeleton, mode)
+    feats, targets, scores, ids = training_set(gt, kept, meta.sigmas, meta.skeleton, mode)
     net = train_rescore(feats, targets, epochs=opts.epochs, lr=opts.lr, hidden=opts.hidden,
                         batch_size=opts.batch_size, seed=opts.seed, skeleton=meta.skeleton,
                         num_keypoints=meta.num_keypoints)
@@ -249,7 +254,7 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
     gt, image_ids = None, None
     if trainer.is_global_zero:
         with open(datamodule.train_dataset.ann_file, encoding="utf-8") as f:
-            gt = json.load(f)
+            gt = scoring_gt(json.load(f), getattr(datamodule, "keypoints_field", "keypoints"))
         usable = usable_images(gt)
         image_ids = choose_images([i for i in datamodule.train_dataset.ids if i in usable], opts.max_images,
                                   opts.seed)
