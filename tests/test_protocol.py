@@ -412,3 +412,17 @@ def test_rescoring_stage_under_ddp_gathers_every_training_image_once(tmp_path: P
     evaluated, _ = _eval(saved["evaluated_checkpoint"], tmp_path / "eval", f"codec.rescore_path={run / 'rescore.pt'}",
                          "codec.center_threshold=-1")
     assert evaluated["val/AP"] == pytest.approx(saved["val_rescored/AP"], abs=1e-12)
+
+
+def test_best_rule_reads_the_monitored_checkpoint_whatever_the_callback_order(tmp_path: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from bapose.training.selection import best_path, monitored_checkpoint
+
+    last = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None, save_top_k=1)
+    best = ModelCheckpoint(dirpath=tmp_path, filename="epoch_{epoch:03d}", monitor="val/AP", mode="max")
+    last.best_model_path, best.best_model_path = str(tmp_path / "last.ckpt"), str(tmp_path / "epoch_003.ckpt")
+    trainer = L.Trainer(callbacks=[last, best], logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    assert trainer.checkpoint_callback is last  # what the rule used to read
+    assert monitored_checkpoint(trainer) is best and best_path(trainer) == str(tmp_path / "epoch_003.ckpt")

@@ -177,8 +177,10 @@ class WandbMedia(L.Callback):
     def log_best_checkpoint(self, logger: Any, trainer: L.Trainer) -> None:
         import wandb
 
-        cb = trainer.checkpoint_callback
-        best = getattr(cb, "best_model_path", "") if cb is not None else ""
+        from bapose.training.selection import monitored_checkpoint
+
+        cb = monitored_checkpoint(trainer)
+        best = cb.best_model_path if cb is not None else ""
         if not best or not Path(best).is_file():
             log.warning("logger.wandb.log_model: no best checkpoint to log (no validation ran, or no "
                         "ModelCheckpoint with a monitor)")

@@ -52,6 +52,19 @@ def check_selection_rule(rule: Any) -> str:
     return str(rule)
 
 
+def monitored_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The monitored ``ModelCheckpoint`` (callbacks.model_checkpoint, val/AP), whatever the callback order: the
+    unmonitored last-checkpoint callback also has a ``best_model_path`` (its newest save)."""
+    return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+                 and cb.monitor is not None), None)
+
+
+def best_path(trainer: L.Trainer) -> str | None:
+    """The best checkpoint file of :func:`monitored_checkpoint` (None: no such callback, or nothing saved)."""
+    cb = monitored_checkpoint(trainer)
+    return (cb.best_model_path or None) if cb is not None else None
+
+
 def _last_path(trainer: L.Trainer) -> str | None:
     """The final epoch's checkpoint: the one an unmonitored ``ModelCheckpoint(filename="last")`` keeps
     (callbacks.last_checkpoint, saved at every train-epoch end), else a ``save_last`` callback's ``last.ckpt``."""
@@ -78,8 +91,7 @@ def select_checkpoint(trainer: L.Trainer, rule: str = "best") -> Selection:
     check_selection_rule(rule)
     path: str | None = None
     if rule == "best":
-        cb = trainer.checkpoint_callback
-        path = getattr(cb, "best_model_path", "") or None
+        path = best_path(trainer)
     else:
         path = _last_path(trainer)
     if path is not None:
