@@ -299,11 +299,6 @@ def dekr_codec_spec(meta: DatasetMeta, input_size: int) -> dict[str, Any]:
             "refine_radius": 0, "rescore_path": None, "grid_align": "dekr"}
 
 
-def _meta_spec(meta: DatasetMeta) -> dict[str, Any]:
-    return {"name": meta.name, "keypoints": list(meta.keypoints), "flip_index": list(meta.flip_index),
-            "sigmas": list(meta.sigmas), "skeleton": [list(p) for p in meta.skeleton]}
-
-
 def resolve_meta(k: int, meta: str | DatasetMeta | None, ann_file: str | Path | None, path: str | Path,
                  presets: Mapping[int, str] | None = None) -> DatasetMeta:
     """The joint set of a converted file: ``meta`` (a preset name or DatasetMeta), else ``ann_file``'s keypoint
@@ -377,7 +372,7 @@ def convert_dekr(src: str | Path, dst: str | Path, meta: str | DatasetMeta | Non
     net_state = {k: net_state[k].contiguous() for k in net.state_dict()}  # in the net's order
 
     info = {"version": bapose.__version__, "model": model_cfg, "num_keypoints": layout["num_keypoints"],
-            "meta": dmeta.name, "meta_spec": _meta_spec(dmeta), "codec": dekr_codec_spec(dmeta, size),
+            "meta": dmeta.name, "meta_spec": dmeta.spec(), "codec": dekr_codec_spec(dmeta, size),
             "input_size": size, "ema": False, "eval_resize": "dekr",
             "converted_from": {"format": "dekr", "file": src.name, "sha256": _sha256(src), "tensors": len(state),
                                **layout}}

@@ -93,7 +93,7 @@ def read_source_state(path: str | Path, prefer_ema: bool = True) -> tuple[dict[s
         CheckpointError: unreadable file, or neither a bapose checkpoint nor a DEKR state_dict (naming it).
     """
     from bapose.convert import dekr_layout, dekr_to_bapose, is_dekr_state_dict, read_state_dict
-    from bapose.utils.checkpoint import SAFE_GLOBALS
+    from bapose.utils.checkpoint import SAFE_GLOBALS, extract_net_state
 
     path = Path(path)
     # Lightning checkpoints hold loop / optimizer states too: the same allow-list as bapose's own loading
@@ -102,10 +102,10 @@ def read_source_state(path: str | Path, prefer_ema: bool = True) -> tuple[dict[s
     if is_dekr_state_dict(state):
         net_state, _ = dekr_to_bapose(state, dekr_layout(state, path), path)
         return net_state, f"'{path}' (DEKR state_dict)"
-    for prefix in (("ema.module.", "net.") if prefer_ema else ("net.",)):
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub:
-            return sub, f"'{path}' (bapose checkpoint{', EMA weights' if prefix == 'ema.module.' else ''})"
+    ema = prefer_ema and any(k.startswith("ema.module.") for k in state)
+    if ema or any(k.startswith("net.") for k in state):
+        return extract_net_state({"state_dict": state}, prefer_ema), \
+            f"'{path}' (bapose checkpoint{', EMA weights' if ema else ''})"
     if any(k.startswith(("backbone.", "heatmap_head.", "offset_head.")) for k in state):
         return state, f"'{path}' (bapose net state_dict)"
     raise CheckpointError(f"model.init_from: file '{path}' is neither a bapose checkpoint (keys 'net.*') nor a DEKR "

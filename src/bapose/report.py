@@ -397,7 +397,8 @@ def model_cost(job: Job) -> tuple[float, float] | None:
             from bapose.utils.flops import model_cost as count
 
             h, w = input_hw(size)
-            model_cfg = {k: v for k, v in model.items() if k != "pretrained"}
+            # the architecture only: no hub weights, no init_from checkpoint to read (it may be gone)
+            model_cfg = {k: v for k, v in model.items() if k not in ("pretrained", "init_from")}
             with torch.device("meta"):  # shapes only: no memory, no init time
                 cost = count(build_model(model_cfg, pretrained=False), (1, 3, h, w))
             _COST_CACHE[key] = (cost.params_m, cost.gmacs)

@@ -54,13 +54,6 @@ def _make_ema(net: nn.Module, decay: float) -> nn.Module:
     return ema.train()
 
 
-def _meta_spec(meta: Any) -> dict[str, Any] | None:
-    if meta is None:
-        return None
-    return {"name": meta.name, "keypoints": list(meta.keypoints), "flip_index": list(meta.flip_index),
-            "sigmas": list(meta.sigmas), "skeleton": [list(p) for p in meta.skeleton]}
-
-
 def _codec_spec(codec: Any) -> dict[str, Any] | None:
     if codec is None or not dataclasses.is_dataclass(codec):
         return None
@@ -354,7 +347,7 @@ class BAPoseModule(L.LightningModule):
             "num_keypoints": getattr(self.net, "num_keypoints", None),
             "meta": self.meta.name if self.meta is not None else None,
             # the whole joint set (plain lists, loadable with weights_only=True): predict/export rebuild custom K
-            "meta_spec": _meta_spec(self.meta),
+            "meta_spec": self.meta.spec() if self.meta is not None else None,
             "codec": _codec_spec(self.codec),
             "input_size": getattr(self.codec, "input_size", None),
             "ema": self.ema is not None,
