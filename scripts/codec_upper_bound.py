@@ -6,7 +6,7 @@
 
 Images are planned as evaluation resizes them: short side = input size, padded to multiples of 32. Prints the AP
 table, the people lost by cause (no_center, center_collision, max_people, offsets_owned, pose_nms, low_oks: see
-``bapose.codecs.upper_bound``) and how often natural centers collide; the last line is ``AP=<value>``.
+``bapose.evaluation.upper_bound``) and how often natural centers collide; the last line is ``AP=<value>``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 
 from bapose.cli.score import format_table, resolve_dataset
 from bapose.codecs import BAPoseCodec
-from bapose.codecs.upper_bound import upper_bound
+from bapose.evaluation.upper_bound import upper_bound
 from bapose.data.metadata import MIN_CENTER_AREA
 from bapose.errors import ConfigError, exit_on_error
 

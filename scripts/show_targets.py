@@ -15,7 +15,7 @@ evaluation resizes them):
 
 One row per image: the ground truth, then per rule set every grid pixel tinted with the colour of the person whose
 offsets it carries, each person's center pixel as a white-ringed dot in their colour, and the people that set loses
-crossed out in red with the cause (``bapose.codecs.upper_bound``).
+crossed out in red with the cause (``bapose.evaluation.upper_bound``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from bapose.cli.score import resolve_dataset
 from bapose.codecs import BAPoseCodec
-from bapose.codecs.upper_bound import outcomes
+from bapose.evaluation.upper_bound import outcomes
 from bapose.data.dataset import CocoKeypointDataset, read_image
 from bapose.data.transforms import EvalTransform, apply_affine, invert_affine
 from bapose.vis import draw_ownership, draw_poses

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bapose.codecs import BAPoseCodec, flip_back
+from bapose.codecs import BAPoseCodec
+from bapose.predictor import decode, flip_back, refine, remove_duplicates
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import ConfigError, DataError
 
@@ -126,7 +127,7 @@ def test_decode_inverts_encode(n: int) -> None:
     codec = BAPoseCodec(input_size=256, min_center_area=0)
     kp = make_people(n, 256, seed=n)
     t = codec.encode(kp, np.full(n, 1e4))
-    (poses, scores), = codec.decode(torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
+    (poses, scores), = decode(codec, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
     assert poses.shape == (n, K, 3) and scores.shape == (n,)
     order = np.argsort(poses[:, 0, 0].numpy())
     np.testing.assert_allclose(poses.numpy()[order, :, :2], kp[np.argsort(kp[:, 0, 0]), :, :2], atol=1e-3)
@@ -138,10 +139,10 @@ def test_decode_is_batched_and_matches_per_image() -> None:
     ts = [codec.encode(make_people(n, 128, seed=n), np.full(n, 1e4)) for n in (2, 4)]
     hm = torch.stack([torch.from_numpy(t["heatmaps"]) for t in ts])
     off = torch.stack([torch.from_numpy(t["offsets"]) for t in ts])
-    batched = codec.decode(hm, off)
+    batched = decode(codec, hm, off)
     assert [len(p.scores) for p in batched] == [2, 4]
     for i in range(2):
-        single, = codec.decode(hm[i:i + 1], off[i:i + 1])
+        single, = decode(codec, hm[i:i + 1], off[i:i + 1])
         torch.testing.assert_close(single.poses, batched[i].poses)
 
 
@@ -150,11 +151,11 @@ def test_pose_nms_removes_duplicates_only(rule: str) -> None:
     codec = BAPoseCodec(input_size=128, pose_nms=rule)
     a = torch.from_numpy(make_people(2, 128)[..., :2]).float()
     poses = torch.cat([torch.cat([a, a[:1] + 0.5]), torch.ones(3, K, 1)], -1)  # third = copy of first, 0.5 px away
-    keep = codec.remove_duplicates(poses, torch.tensor([0.9, 0.8, 0.7]))
+    keep = remove_duplicates(codec, poses, torch.tensor([0.9, 0.8, 0.7]))
     assert sorted(keep.tolist()) == [0, 1]
-    keep = codec.remove_duplicates(poses, torch.tensor([0.5, 0.8, 0.7]))
+    keep = remove_duplicates(codec, poses, torch.tensor([0.5, 0.8, 0.7]))
     assert sorted(keep.tolist()) == [1, 2]
-    assert sorted(BAPoseCodec(input_size=128, pose_nms="none").remove_duplicates(poses, torch.ones(3)).tolist()) \
+    assert sorted(remove_duplicates(BAPoseCodec(input_size=128, pose_nms="none"), poses, torch.ones(3)).tolist()) \
         == [0, 1, 2]
 
 
@@ -180,7 +181,7 @@ def test_flipped_image_round_trip_gives_mirrored_poses() -> None:
     codec = BAPoseCodec(input_size=128, min_center_area=0, per_joint_offset_weights=False)
     kp = make_people(4, 128, seed=7)
     tf = codec.encode(mirror(kp, 128), np.full(4, 1e4))
-    (poses, _), = codec.decode(torch.from_numpy(tf["heatmaps"])[None], torch.from_numpy(tf["offsets"])[None])
+    (poses, _), = decode(codec, torch.from_numpy(tf["heatmaps"])[None], torch.from_numpy(tf["offsets"])[None])
     back = mirror(poses.numpy(), 128)
     np.testing.assert_allclose(back[np.argsort(back[:, 0, 0]), :, :2], kp[np.argsort(kp[:, 0, 0]), :, :2], atol=1e-3)
 
@@ -198,14 +199,14 @@ def test_bad_config_and_inputs_raise() -> None:
     with pytest.raises(DataError, match="ignore_mask"):
         codec.encode(np.zeros((0, K, 3)), np.zeros(0), np.zeros((10, 10), bool))
     with pytest.raises(DataError, match="offsets"):
-        codec.decode(torch.zeros(1, K + 1, 16, 16), torch.zeros(1, K, 16, 16))
+        decode(codec, torch.zeros(1, K + 1, 16, 16), torch.zeros(1, K, 16, 16))
 
 
 def test_empty_image_encodes_and_decodes_to_nothing() -> None:
     codec = BAPoseCodec(input_size=64)
     t = codec.encode(np.zeros((0, K, 3)), np.zeros(0))
     assert t["heatmaps"].max() == 0 and np.all(t["heatmap_weights"] == np.float32(0.1))
-    (poses, scores), = codec.decode(torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
+    (poses, scores), = decode(codec, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
     assert poses.shape == (0, K, 3) and scores.shape == (0,)
 
 
@@ -220,13 +221,13 @@ def test_refine_moves_noisy_regressions_back_onto_the_heatmap_peaks() -> None:
     off = torch.from_numpy(t["offsets"])[None] + noise * (torch.from_numpy(t["offset_weights"])[None] > 0)
 
     def joint_error(codec: BAPoseCodec) -> float:
-        poses = codec.decode(hm, off)[0].poses.numpy()
+        poses = decode(codec, hm, off)[0].poses.numpy()
         assert len(poses) == 4
         # match each decoded pose to the nearest ground-truth person
         err = [np.abs(p[None, :, :2] - kp[:, :, :2]).mean((1, 2)).min() for p in poses]
         return float(np.mean(err))
 
     assert joint_error(refined) < 0.15 < 1.0 < joint_error(plain)
-    assert torch.equal(plain.refine(hm, torch.zeros(1, 2, K, 2) + 7.0), torch.zeros(1, 2, K, 2) + 7.0)
+    assert torch.equal(refine(plain, hm, torch.zeros(1, 2, K, 2) + 7.0), torch.zeros(1, 2, K, 2) + 7.0)
     with pytest.raises(ConfigError, match="refine_radius"):
         BAPoseCodec(refine_radius=-1)

@@ -238,11 +238,11 @@ def test_converted_checkpoint_in_eval_predict_and_export(tmp_path, tiny_dekr, co
     from bapose.cli.evaluate import evaluate
     from bapose.cli.export import export
     from bapose.cli.predict import predict
-    from bapose.cli.predict import read_image
+    from bapose.data.images import try_read_image as read_image
     from bapose.cli.train import compose_config
     from bapose.data.transforms import EvalTransform
-    from bapose.inference import predict as run_inference
-    from bapose.inference import to_original
+    from bapose.predictor import predict as run_inference
+    from bapose.predictor import to_original
 
     torch.set_num_threads(2)
     _, _, ckpt = tiny_dekr

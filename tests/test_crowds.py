@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from bapose.codecs import BAPoseCodec
-from bapose.codecs.bapose_codec import _sample
-from bapose.codecs.upper_bound import LOSS_CAUSES, outcomes
+from bapose.evaluation.upper_bound import LOSS_CAUSES, outcomes
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import ConfigError
+from bapose.predictor import decode, decode_multiscale
+from bapose.predictor import sample as _sample
 
 META = DatasetMeta.coco()
 K = META.num_keypoints
@@ -125,7 +126,7 @@ def test_encode_stays_exact_for_the_people_it_moves() -> None:
     kp = np.stack([person((128.3, 120.0), 160, 0), person((129.1, 121.2), 110, 1)])
     codec = BAPoseCodec(input_size=SIZE)
     t = codec.encode(kp, np.full(2, 1e4))
-    poses = codec.decode(torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])[0].poses
+    poses = decode(codec, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])[0].poses
     assert len(poses) == 2
     for p in kp:
         err = np.abs(poses[:, :, :2].numpy() - p[None, :, :2]).max((1, 2)).min()
@@ -218,7 +219,7 @@ def test_decode_multiscale_matches_dekrs_pose_nms_formula() -> None:
         lv = F.interpolate(torch.from_numpy(levels)[None].float(), size=hw, mode="nearest")[0].numpy()
         outputs.append(_plant(hw, planted, k, lv))
         factors.append((s, s))
-    got = codec.decode_multiscale(outputs, factors, base)[0]
+    got = decode_multiscale(codec, outputs, factors, base)[0]
 
     # the reference: candidates of each scale in base input pixels (DEKR: largest scale first), center scores
     order = sorted(range(len(factors)), key=lambda i: -factors[i][0])
@@ -247,7 +248,7 @@ def test_decode_multiscale_matches_dekrs_pose_nms_formula() -> None:
                                    ref[list(want).index(kk), :, 2], rtol=1e-5)
     # without DECREASE (1.0) the other scales' scores change, so the formula is really in play
     other = BAPoseCodec(input_size=base, max_people=4, nms_kernel=3, pose_nms="dekr", ms_scale_decrease=1.0)
-    assert sorted(other.decode_multiscale(outputs, factors, base)[0].scores.tolist()) \
+    assert sorted(decode_multiscale(other, outputs, factors, base)[0].scores.tolist()) \
         != pytest.approx(sorted(have.values()))
 
 

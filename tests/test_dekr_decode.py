@@ -28,7 +28,7 @@ from bapose.convert import DEKR_LINKS, convert_dekr_rescore
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import EvalTransform, dekr_resize_matrix
 from bapose.errors import CheckpointError, ConfigError
-from bapose.inference import mirror, predict
+from bapose.predictor import joint_scores, mirror, predict, rescore
 
 META = DatasetMeta.coco()
 K = META.num_keypoints
@@ -79,13 +79,13 @@ def test_joint_scores_read_the_heatmaps_where_dekr_does():
     assert valid.all() and torch.equal(centers[0, 0], torch.tensor([28.0, 20.0]))  # 4 * (7, 5)
     assert torch.allclose(joints[0, 0], 4 * (torch.tensor([7.0, 5.0]) + offsets[0, :, 5, 7].view(K, 2)))
     assert torch.allclose(joints[0, 0, [0, 1, 2], 0], torch.tensor([-3.0, 77.5, 200.0]))
-    poses, scores, _ = codec._joint_scores(heatmaps, center_scores, joints)
+    poses, scores, _ = joint_scores(codec, heatmaps, center_scores, joints)
     want = 0.9 * _dekr_heat_values(heatmaps, joints[0])
     assert torch.allclose(poses[0, :, :, 2], want, atol=1e-6)
     assert torch.allclose(scores[0], want.mean(-1), atol=1e-6)
     # not what our own convention reads (bilinear at (x + 0.5) / 4 - 0.5, zero off the map)
-    ours = BAPoseCodec(input_size=(4 * h, 4 * w), refine_radius=0, max_people=1)._joint_scores(
-        heatmaps, center_scores, joints)[0]
+    ours = joint_scores(BAPoseCodec(input_size=(4 * h, 4 * w), refine_radius=0, max_people=1),
+                        heatmaps, center_scores, joints)[0]
     assert (ours[0, :, :, 2] - want).abs().max() > 1e-3
 
 
@@ -211,7 +211,7 @@ def test_dekr_rescoring_net_converts_with_dekrs_features(tmp_path, name):
     # in the codec: pose scores x the predicted OKS (DEKR multiplies after its pose NMS, which ranks by heat values)
     codec = BAPoseCodec(input_size=64, rescore_path=str(tmp_path / "rescore.pt"))
     p = torch.from_numpy(poses).float()[None]
-    assert torch.allclose(codec.rescore(p, torch.ones(1, 6)), want[:, 0][None], atol=1e-5)
+    assert torch.allclose(rescore(codec, p, torch.ones(1, 6)), want[:, 0][None], atol=1e-5)
 
 
 def test_dekr_rescoring_files_that_do_not_fit(tmp_path):

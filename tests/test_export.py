@@ -17,6 +17,7 @@ from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import eval_resize_matrix
 from bapose.export import ParityError, decode_numpy, run_onnx
 from bapose.models import AdaptiveBlock
+from bapose.predictor import decode
 from bapose.utils.checkpoint import AtomicCheckpointIO
 
 pytest.importorskip("onnxruntime")
@@ -61,6 +62,10 @@ def test_onnx_matches_pytorch_on_a_real_image(tmp_path, busy_ckpt, coco_sample):
         assert c["heatmaps_max"] > 0.5 and c["offsets_max"] > 0.5  # outputs of a realistic size, not ~0
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["max_abs_diff"] == report["max_abs_diff"]
+    # the deployment decode (numpy on onnxruntime's outputs, the file's knobs) gives the torch predictor's people
+    people = report["checks"]["people"]
+    assert people["people"] == people["people_onnx"] and people["people"][0] > 0
+    assert people["max_pose_diff"] < 1e-3
 
     import onnx
 
@@ -76,7 +81,7 @@ def test_onnx_matches_pytorch_on_a_real_image(tmp_path, busy_ckpt, coco_sample):
     knobs = json.loads(props["decode"])
     assert knobs["pose_nms"] == loaded.codec.nms_rule == "oks" and len(knobs["oks_sigmas"]) == 17
     with torch.no_grad():
-        ref = loaded.codec.decode(*loaded.net(x))
+        ref = decode(loaded.codec, *loaded.net(x))
     got = decode_numpy(h, o, **knobs)
     for r, (poses, scores) in zip(ref, got):
         assert poses.shape == tuple(r.poses.shape) and len(scores) > 0
@@ -113,7 +118,7 @@ def test_numpy_decoder_equals_torch_codec(kernel, refine, rule, align):
     sigmas = DatasetMeta.coco().sigmas
     codec = BAPoseCodec(input_size=96, nms_kernel=kernel, refine_radius=refine, pose_nms=rule, oks_sigmas=sigmas,
                         max_people_after_nms=5, grid_align=align)
-    ref = codec.decode(torch.from_numpy(hm), torch.from_numpy(off))
+    ref = decode(codec, torch.from_numpy(hm), torch.from_numpy(off))
     got = decode_numpy(hm, off, stride=codec.stride, max_people=codec.max_people,
                        center_threshold=codec.center_threshold, nms_kernel=kernel, refine_radius=refine,
                        pose_nms=rule, oks_sigmas=sigmas, max_people_after_nms=5, grid_align=align)
@@ -141,7 +146,7 @@ def test_numpy_decoder_recovers_encoded_people(coco_sample):
     codec = BAPoseCodec(input_size=(448, 640))
     t = codec.encode(kp, np.asarray([a["area"] for a in anns]))
     (poses, scores), = decode_numpy(t["heatmaps"], t["offsets"])
-    ref = codec.decode(torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])[0]
+    ref = decode(codec, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])[0]
     np.testing.assert_allclose(poses, ref.poses.numpy(), atol=1e-4)
     vis = kp[..., 2] > 0
     for person, v in zip(kp, vis):                     # every person with a center is found at its labelled joints

@@ -1,4 +1,4 @@
-"""bapose.inference: flip and multi-scale testing on a net that returns perfect targets; mapping to original pixels."""
+"""bapose.predictor: flip and multi-scale testing on a net that returns perfect targets; mapping to original pixels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from bapose.codecs import BAPoseCodec
 from bapose.data.metadata import DatasetMeta
-from bapose.inference import predict, to_original
+from bapose.predictor import predict, to_original
 
 META = DatasetMeta.crowdpose()  # K = 14, its last joint (neck) maps to itself under flip
 K = META.num_keypoints

@@ -19,7 +19,7 @@ from bapose.cli.score import main as score_main
 from bapose.cli.score import resolve_dataset
 from bapose.cli.train import build_datamodule, build_module, compose_config
 from bapose.codecs import BAPoseCodec
-from bapose.codecs.upper_bound import codec_upper_bound
+from bapose.evaluation.upper_bound import codec_upper_bound
 from bapose.data.dataset import CocoKeypointDataset, load_coco_keypoint_json
 from bapose.data.metadata import (
     COCO_KEYPOINTS,

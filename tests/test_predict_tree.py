@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from bapose import load_model
-from bapose.cli.predict import predict, predict_batch, same_size_batches
+from bapose.cli.predict import predict, predict_batch
 from bapose.cli.train import compose_config
 from bapose.data.transforms import EvalTransform
-from bapose.inference import predict as run_inference
-from bapose.inference import to_original
+from bapose.predictor import predict as run_inference
+from bapose.predictor import same_size_batches, to_original
 
 from test_predict import make_checkpoint  # the same tiny real checkpoint the other predict tests use
 

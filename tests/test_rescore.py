@@ -16,6 +16,7 @@ from bapose.codecs.rescore import (load_rescore, num_features, oks, pearson, pos
                                    train_rescore, training_set)
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import ConfigError, DataError
+from bapose.predictor import decode, decode_multiscale
 
 META = DatasetMeta.coco()
 K = META.num_keypoints
@@ -158,8 +159,8 @@ def test_codec_rescoring_changes_scores_not_poses(tmp_path: Path, trained) -> No
     plain = BAPoseCodec(input_size=128, min_center_area=0.0)
     rescored = BAPoseCodec(input_size=128, min_center_area=0.0, rescore_path=str(path))
     hm, off = _people_targets(plain)
-    (a,) = plain.decode(hm, off)
-    (b,) = rescored.decode(hm, off)
+    (a,) = decode(plain, hm, off)
+    (b,) = decode(rescored, hm, off)
     assert len(a.poses) == len(b.poses) == 4
     # match people by their joints: identical poses, score multiplied by the predicted OKS
     order_a = torch.argsort(a.poses[:, 0, 0])
@@ -170,7 +171,7 @@ def test_codec_rescoring_changes_scores_not_poses(tmp_path: Path, trained) -> No
     assert not torch.allclose(b.scores[order_b], a.scores[order_a], atol=1e-3)
     assert torch.all(b.scores[:-1] >= b.scores[1:])  # NMS output stays sorted by the rescored value
     # multi-scale decoding rescored the same way (one scale = the single-scale result)
-    (c,) = rescored.decode_multiscale([(hm, off)], [(1.0, 1.0)], (128, 128))
+    (c,) = decode_multiscale(rescored, [(hm, off)], [(1.0, 1.0)], (128, 128))
     torch.testing.assert_close(c.scores, b.scores)
 
 
@@ -184,4 +185,4 @@ def test_codec_rejects_missing_and_wrong_k_files(tmp_path: Path) -> None:
     codec = BAPoseCodec(input_size=128, min_center_area=0.0, rescore_path=str(tmp_path / "k14.pt"))
     hm, off = _people_targets(codec)
     with pytest.raises(DataError, match=r"k14\.pt.*'num_keypoints' is 14; the network outputs 17"):
-        codec.decode(hm, off)
+        decode(codec, hm, off)

@@ -310,7 +310,7 @@ def test_dense_crowds_collide_and_the_default_codec_loses_nobody(dense_set: dict
     """The codec bound on generated dense crowds at 512: the default rules find everyone (AP 1), DEKR's lose people
     to each crowd cause; centers collide often (the point of the set)."""
     from bapose.codecs import BAPoseCodec
-    from bapose.codecs.upper_bound import upper_bound
+    from bapose.evaluation.upper_bound import upper_bound
 
     paths = dense_set
     stats = dataset_stats(paths["val_ann"])

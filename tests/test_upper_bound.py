@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bapose.codecs import BAPoseCodec
-from bapose.codecs.upper_bound import LOSS_CAUSES, codec_upper_bound, upper_bound
+from bapose.evaluation.upper_bound import LOSS_CAUSES, codec_upper_bound, upper_bound
 from bapose.data.metadata import DatasetMeta
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,10 @@
 """Load a trained bapose checkpoint as a ready-to-run model: ``bapose.load_model`` (shared by eval, predict, export).
 
     import bapose
+    from bapose.predictor import Predictor
     model = bapose.load_model("outputs/train/runs/<stamp>/checkpoints/epoch_139.ckpt", device="cuda")
-    heatmaps, offsets = model.net(images01)                  # (B, 3, H, W) floats in [0, 1]
-    people = model.codec.decode(heatmaps, offsets)           # one Poses(poses (M, K, 3), scores (M,)) per image
+    predictor = Predictor(model.net, model.codec, model.meta.flip_index, flip=True)
+    people = predictor(images01)     # (B, 3, H, W) floats in [0, 1] -> one Poses(poses (M, K, 3), scores (M,)) each
 
 The checkpoint is read with ``torch.load(weights_only=True)``; the net is rebuilt from the model config the checkpoint
 carries (never with downloaded weights), its K and joint set checked, and the EMA weights preferred when present.

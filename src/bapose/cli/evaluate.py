@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,11 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
 from bapose.cli.train import build_datamodule
 from bapose.data.metadata import DatasetMeta
-from bapose.errors import CheckpointError, ConfigError, exit_on_error
+from bapose.errors import CheckpointError, ConfigError
 from bapose.loading import load_model
-from bapose.paths import config_dir
 from bapose.training import BAPoseModule
 from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.utils.entry import hydra_entry
 
 log = logging.getLogger("bapose")
 
@@ -77,6 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stats = module.last_metrics[split]
     metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in stats.items()}
     metrics.update({"ckpt_path": str(path), "split": split, "flip": flip, "scales": scales,
+                    "protocol": {split: {**module.protocol(split), "rescored": codec.rescore_path is not None}},
                     "checkpoint_epoch": loaded.epoch, "checkpoint_global_step": loaded.global_step})
     if trainer.is_global_zero:
         out_dir = Path(cfg.paths.output_dir)
@@ -157,10 +157,8 @@ def with_eval_data(cfg: DictConfig, info: dict, path: Path) -> DictConfig:
     return cfg
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    exit_on_error("bapose-eval", lambda: evaluate(cfg))
-
+# the console script `bapose-eval`
+main = hydra_entry("eval", "bapose-eval", evaluate)
 
 if __name__ == "__main__":
     main()

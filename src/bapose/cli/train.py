@@ -31,7 +31,8 @@ from bapose.errors import BAPoseError, ConfigError
 from bapose.paths import config_dir
 from bapose.training import runs
 from bapose.training.runs import resolve_ckpt_path  # noqa: F401 - public here since 0.1 (tests, notebooks)
-from bapose.training.rescoring import RescoreOptions, rescored_tables, run_rescoring_stage
+from bapose.training.final import evaluate_selected, protocol_title
+from bapose.training.rescoring import RescoreOptions, check_protocol, rescored_tables
 from bapose.training.selection import check_selection_rule, select_checkpoint, selection_metrics
 
 log = logging.getLogger("bapose")
@@ -150,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, codec=datamodule.codec)
+    check_protocol(rescore, module)  # the rescoring net is fit with the protocol it is applied with
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate_checked(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -167,29 +169,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if best is None:
             log.warning("no %s checkpoint (fast_dev_run, or no validation ran): evaluating the current weights",
                         selection.rule)
-        # evaluate what the best checkpoint holds, on the full validation set (and test), as the paper reports
-        module.collect_results = True  # keep the COCO-format people of the final evaluation (val_results.json)
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        val_results = module.results
-        metrics.update({f"val/{k}": v for k, v in module.last_metrics.get("val", {}).items()})
-        if cfg.get("run_test"):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-            metrics.update({f"test/{k}": v for k, v in module.last_metrics.get("test", {}).items()})
+        # what the selected checkpoint holds, on the full validation set (and test), under the row's test protocol
+        evaluated, val_results = evaluate_selected(trainer, module, datamodule, best, bool(cfg.get("run_test")),
+                                                   rescore, out_dir)
+        metrics.update(evaluated)
         metrics.update({"best_model_path": best or "", "epoch": int(trainer.current_epoch),
                         "global_step": int(trainer.global_step), "nonfinite_steps": int(module.nonfinite_steps),
                         **selection_metrics(selection)})
-        if rescore.enabled:  # DEKR's scoring net, trained on this run's training-set predictions
-            metrics.update(run_rescoring_stage(rescore, trainer, module, datamodule, best, out_dir,
-                                               bool(cfg.get("run_test"))))
         metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
 
         if trainer.is_global_zero:
             for split in ("val", "test"):
                 if split in module.last_metrics and (split == "val" or cfg.get("run_test")):
-                    flip, scales = (module.val_flip, module.val_scales) if split == "val" else \
-                        (module.test_flip, module.test_scales)
-                    title = f"{split} AP ({Path(best).name if best else 'final weights'}, flip={flip}, " \
-                            f"scales={list(scales)})"
+                    title = f"{split} AP ({Path(best).name if best else 'final weights'}, " \
+                            f"{protocol_title(metrics['protocol'], split)})"
                     print(blog.format_metrics_table(module.last_metrics[split], title), flush=True)
             for table in rescored_tables(metrics):
                 print(table, flush=True)

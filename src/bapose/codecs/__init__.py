@@ -1,7 +1,8 @@
-"""Targets and decoding: :class:`BAPoseCodec` (encode / decode), flip-test helpers, optional pose rescoring."""
+"""Targets and the decode geometry: :class:`BAPoseCodec` (encode, candidates); OKS, pose NMS and joint refinement
+shared by both decoders (:mod:`bapose.codecs.oks`, :mod:`bapose.codecs.grouping`); optional pose rescoring."""
 
-from bapose.codecs.bapose_codec import BAPoseCodec, Poses, flip_back, merge_flip
+from bapose.codecs.bapose_codec import BAPoseCodec, Candidates
 from bapose.codecs.rescore import RescoreNet, load_rescore, oks, pose_features, save_rescore, train_rescore
 
-__all__ = ["BAPoseCodec", "Poses", "RescoreNet", "flip_back", "load_rescore", "merge_flip", "oks", "pose_features",
-           "save_rescore", "train_rescore"]
+__all__ = ["BAPoseCodec", "Candidates", "RescoreNet", "load_rescore", "oks", "pose_features", "save_rescore",
+           "train_rescore"]

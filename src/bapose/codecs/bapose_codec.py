@@ -19,10 +19,9 @@ Coordinate convention (the one every function here uses):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,19 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bapose.codecs.rescore import RescoreNet, load_rescore
 from bapose.errors import ConfigError, DataError
 
 
 # grid conventions (codec field ``grid_align``): ours, and DEKR's for checkpoints converted from its code
 GRID_ALIGNS = ("center", "dekr")
-
-
-class Poses(NamedTuple):
-    """Decoded people of one image: ``poses (M, K, 3)`` as (x, y, joint score) in input pixels, ``scores (M,)``."""
-
-    poses: Tensor
-    scores: Tensor
 
 
 def _gaussian_splat(heat: np.ndarray, channels: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> None:
@@ -139,21 +130,10 @@ class Candidates(NamedTuple):
     valid: Tensor  # (B, T) bool: score > center_threshold
 
 
-class DecodeTrace(NamedTuple):
-    """One image's decode, step by step (for :mod:`bapose.codecs.upper_bound`): ``pixels (T, 2)`` grid pixel of
-    every top-k center, ``valid (T,)``, ``keep (M,)`` the candidates that survived pose NMS (indices into ``T``),
-    and the people :meth:`BAPoseCodec.decode` returns, ``poses (M, K, 3)``, ``scores (M,)``."""
-
-    pixels: Tensor
-    valid: Tensor
-    keep: Tensor
-    poses: Tensor
-    scores: Tensor
-
-
 @dataclass(frozen=True)
 class BAPoseCodec:
-    """Heatmap + offset targets (``encode``) and their inverse (``decode``) for DEKR-style bottom-up pose.
+    """Heatmap + offset targets (``encode``) and the first decoding step (``candidates``) for DEKR-style bottom-up
+    pose; the decode knobs below are read by the predictor (:mod:`bapose.predictor`), which does the rest.
 
     The defaults are rules that lose nobody a network could find (``scripts/codec_upper_bound.py`` reports the
     losses by cause); ``conf/codec/dekr.yaml`` selects DEKR's exact rules (``offset_owner=smaller``,
@@ -202,6 +182,10 @@ class BAPoseCodec:
         oks_sigmas: the dataset's K OKS sigmas (``DatasetMeta.sigmas``; the datamodule, ``bapose-predict`` and the
             upper bound fill them in); ``None``: ``DEFAULT_OKS_SIGMA`` for every joint.
         ms_pose_nms_ratio: ``pose_nms_ratio`` for multi-scale testing (DEKR's README: 0.15).
+        ms_pose_nms_oks: ``pose_nms_oks`` for multi-scale testing: the same person found at several scales is
+            removed above this OKS. 0.4 ~ ``pose_nms_oks ** ((ms_pose_nms_ratio / pose_nms_ratio) ** 2)`` = 0.9^9:
+            the single-scale threshold widened as DEKR widens its distance from 0.05 to 0.15 of the diagonal (OKS
+            exponents grow with the squared distance).
         ms_scale_decrease: multi-scale testing: center scores of every scale but the one nearest 1 are rescaled to a
             maximum of this x that scale's maximum (DEKR ``TEST.DECREASE``: 0.9 COCO, 0.8 CrowdPose).
         max_people_after_nms: at most this many people per image after pose NMS (the best by the NMS ranking);
@@ -240,6 +224,7 @@ class BAPoseCodec:
     pose_nms_oks: float = 0.9
     oks_sigmas: tuple[float, ...] | None = None
     ms_pose_nms_ratio: float = 0.15
+    ms_pose_nms_oks: float = 0.4
     ms_scale_decrease: float = 0.9
     max_people_after_nms: int | None = None
     refine_radius: int | None = None
@@ -277,6 +262,7 @@ class BAPoseCodec:
                   ("ms_pose_nms_ratio", self.ms_pose_nms_ratio > 0, "> 0 (a fraction of the pose diagonal)"),
                   ("pose_nms_fraction", 0 <= self.pose_nms_fraction < 1, "in [0, 1) (a fraction of the K joints)"),
                   ("pose_nms_oks", 0 < self.pose_nms_oks <= 1, "in (0, 1] (an OKS)"),
+                  ("ms_pose_nms_oks", 0 < self.ms_pose_nms_oks <= 1, "in (0, 1] (an OKS)"),
                   ("ms_scale_decrease", self.ms_scale_decrease > 0, "> 0 (DEKR: 0.9 COCO, 0.8 CrowdPose)"),
                   ("max_people_after_nms", self.max_people_after_nms is None or self.max_people_after_nms >= 1,
                    ">= 1 or null (= max_people)"))
@@ -577,285 +563,3 @@ class BAPoseCodec:
         if self.pose_nms is None and stored.get("pose_nms") in POSE_NMS_RULES:
             changes["pose_nms"] = stored["pose_nms"]
         return dataclasses.replace(self, **changes) if changes else self
-
-    def refine(self, heatmaps: Tensor, joints: Tensor) -> Tensor:
-        """Move regressed joints to their joint heatmap's maximum within ``refine_radius`` grid pixels.
-
-        Args:
-            heatmaps: ``(B, K+1, h, w)``; joints: ``(B, T, K, 2)`` in input pixels.
-
-        Returns:
-            ``(B, T, K, 2)`` in input pixels: the best grid pixel of a ``(2r+1)^2`` window around each joint (read
-            from that joint's own map), shifted by a per-axis quadratic fit through its neighbours (at most ±0.5).
-        """
-        r = int(self.refine_radius or 0)
-        if r <= 0 or joints.numel() == 0:
-            return joints
-        b, c, h, w = heatmaps.shape
-        k = c - 1
-        hm = heatmaps[:, :k].float()
-        t = joints.shape[1]
-        grid_xy = self.to_grid(joints.float()).round()
-        steps = torch.arange(-r, r + 1, device=joints.device, dtype=torch.float32)
-        dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-        window = torch.stack([dx.flatten(), dy.flatten()], -1)  # (n, 2)
-        n = window.shape[0]
-        cand = grid_xy[:, :, :, None, :] + window  # (B, T, K, n, 2)
-        # keep candidates on the map: clamped duplicates of edge pixels never beat the pixel itself
-        cand[..., 0].clamp_(0, w - 1)
-        cand[..., 1].clamp_(0, h - 1)
-        vals = _sample(hm, cand.permute(0, 1, 3, 2, 4).reshape(b, t * n, k, 2)).view(b, t, n, k)
-        best = vals.argmax(2)  # (B, T, K)
-        peak = torch.gather(cand, 3, best[..., None, None].expand(b, t, k, 1, 2)).squeeze(3)  # (B, T, K, 2)
-
-        def at(dxy: tuple[float, float]) -> Tensor:
-            return _sample(hm, peak + peak.new_tensor(dxy))
-
-        centre = at((0.0, 0.0))
-        sub = []
-        for lo, hi in (at((-1.0, 0.0)), at((1.0, 0.0))), (at((0.0, -1.0)), at((0.0, 1.0))):
-            curv = 2 * centre - lo - hi
-            # vertex of the parabola through (-1, lo), (0, centre), (1, hi); flat or convex: stay on the pixel
-            shift = torch.where(curv > 1e-6, 0.5 * (hi - lo) / curv.clamp(min=1e-6), torch.zeros_like(curv))
-            sub.append(shift.clamp(-0.5, 0.5))
-        return self.to_input(peak + torch.stack(sub, -1))
-
-    def _joint_scores(self, heatmaps: Tensor, center_scores: Tensor, joints: Tensor
-                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """Joint score = center score x joint heatmap (bilinear at the joint); pose score = mean joint score.
-
-        Args:
-            heatmaps: ``(B, K+1, h, w)`` on the grid of the input image (``h = H / stride``).
-            center_scores: ``(B, T)``; joints: ``(B, T, K, 2)`` in input pixels.
-
-        Returns:
-            ``poses (B, T, K, 3)`` (x, y, joint score), ``scores (B, T)``, and ``heat (B, T)`` the mean joint
-            heatmap value alone (DEKR's ranking in pose NMS).
-        """
-        b, c, h, w = heatmaps.shape
-        k = c - 1
-        heat = _sample(heatmaps[:, :k].float(), self.heat_grid(joints, (h, w)))  # (B, T, K)
-        joint_scores = center_scores[..., None] * heat
-        poses = torch.cat([joints, joint_scores[..., None]], -1)
-        return poses, joint_scores.mean(-1), heat.mean(-1)
-
-    def remove_duplicates(self, poses: Tensor, scores: Tensor, heat: Tensor | None = None,
-                          ratio: float | None = None) -> Tensor:
-        """Indices of the poses ``(M, K, 3)`` that are not duplicates, by the ``pose_nms`` rule, at most
-        ``max_people_after_nms`` (the best by the rule's ranking).
-
-        Args:
-            poses: ``(M, K, 2|3)`` in input pixels, in candidate order (``dekr`` walks them in this order);
-            scores: ``(M,)`` pose scores (ranking of ``oks`` / ``none``);
-            heat: ``(M,)`` mean joint heatmap value (``dekr``'s ranking; ``scores`` when not given);
-            ratio: ``dekr``'s joint distance threshold as a fraction of the diagonal (default ``pose_nms_ratio``).
-        """
-        rule = self.nms_rule
-        m, k = poses.shape[:2]
-        cap = self.max_people_after_nms or self.max_people
-        if m == 0:
-            return torch.zeros(0, dtype=torch.long, device=poses.device)
-        rank = (heat if rule == "dekr" and heat is not None else scores).detach().cpu().double().numpy()
-        xy = poses[..., :2].float()
-        if rule == "none":
-            keep = np.argsort(-rank, kind="stable")
-        elif rule == "oks":
-            near = (self._oks_matrix(xy) > self.pose_nms_oks).cpu().numpy()
-            keep = _greedy_nms(near, rank)
-        else:
-            diag = (xy.amax(1) - xy.amin(1)).norm(dim=-1)  # (M,) each row's own diagonal, as DEKR
-            dist = (xy[:, None] - xy[None]).norm(dim=-1)  # (M, M, K)
-            near = (dist < (ratio or self.pose_nms_ratio) * diag[:, None, None]).sum(-1) > self.pose_nms_fraction * k
-            near = near.cpu().numpy()
-            np.fill_diagonal(near, True)  # DEKR's own row is in its group unless the pose is a point
-            keep = _dekr_nms(near, rank)
-        keep = np.asarray(keep, np.int64)
-        if len(keep) > cap:  # DEKR: the best MAX_NUM_PEOPLE by its ranking (mean heatmap value)
-            keep = keep[np.argsort(-rank[keep], kind="stable")[:cap]]
-        return torch.from_numpy(keep).to(poses.device)
-
-    def _oks_matrix(self, xy: Tensor) -> Tensor:
-        """``(M, M)`` OKS between the poses ``xy (M, K, 2)``, as MMPose's ``oks_iou``: per-joint sigmas, the
-        mean of the two joint-box areas as the scale."""
-        k = xy.shape[1]
-        sigmas = self.oks_sigmas or (DEFAULT_OKS_SIGMA,) * k
-        if len(sigmas) != k:
-            raise DataError(f"codec: field 'oks_sigmas' has {len(sigmas)} entries; the poses have {k} joints")
-        var = (2 * xy.new_tensor(sigmas)) ** 2
-        area = (xy.amax(1) - xy.amin(1)).prod(-1)  # (M,)
-        scale = (area[:, None] + area[None]) / 2 + float(np.spacing(1))
-        d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)  # (M, M, K)
-        return torch.exp(-d2 / var / scale[..., None] / 2).mean(-1)
-
-    def rescore(self, poses: Tensor, scores: Tensor) -> Tensor:
-        """``scores (B, T)`` x the OKS that the ``rescore_path`` net predicts for ``poses (B, T, K, 3)``.
-
-        Unchanged when ``rescore_path`` is ``None``; a net trained for another K raises ``DataError``.
-        """
-        if self.rescore_path is None or poses.numel() == 0:
-            return scores
-        b, t, k, _ = poses.shape
-        net = _rescore_net(self.rescore_path, os.stat(self.rescore_path).st_mtime_ns, str(poses.device))
-        if net.num_keypoints != k:
-            raise DataError(f"codec: rescore file '{self.rescore_path}' field 'num_keypoints' is "
-                            f"{net.num_keypoints}; the network outputs {k} joints")
-        return scores * net.predict_oks(poses.reshape(b * t, k, 3).float()).view(b, t).to(scores.dtype)
-
-    def _select(self, poses: Tensor, scores: Tensor, heat: Tensor, valid: Tensor,
-                ratio: float) -> tuple[Tensor, list[Tensor]]:
-        """Rescore, then pose NMS per image. Returns the scores and, per image, the kept candidates (into ``T``)."""
-        scores = self.rescore(poses, scores)
-        kept = []
-        for p, s, hs, v in zip(poses, scores, heat, valid):
-            idx = torch.nonzero(v).flatten()
-            kept.append(idx[self.remove_duplicates(p[idx], s[idx], hs[idx], ratio)])
-        return scores, kept
-
-    def trace(self, heatmaps: Tensor, offsets: Tensor) -> list[DecodeTrace]:
-        """:meth:`decode`, keeping which center pixels it read and which survived pose NMS (one per image)."""
-        with torch.no_grad():
-            cand = self.candidates(heatmaps, offsets)
-            poses, scores, heat = self._joint_scores(heatmaps, cand.scores, self.refine(heatmaps, cand.joints))
-            scores, kept = self._select(poses, scores, heat, cand.valid, self.pose_nms_ratio)
-            pixels = self.to_grid(cand.centers).round().long()
-            return [DecodeTrace(pixels[i], cand.valid[i], keep, poses[i][keep], scores[i][keep])
-                    for i, keep in enumerate(kept)]
-
-    def decode(self, heatmaps: Tensor, offsets: Tensor) -> list[Poses]:
-        """Network outputs -> people, one :class:`Poses` per image, in input pixels (on the outputs' device).
-
-        Args:
-            heatmaps: ``(B, K+1, h, w)`` (center last); offsets: ``(B, 2K, h, w)`` in grid pixels.
-        """
-        return [Poses(t.poses, t.scores) for t in self.trace(heatmaps, offsets)]
-
-    def decode_multiscale(self, outputs: Sequence[tuple[Tensor, Tensor]], scales: Sequence[tuple[float, float]],
-                          base_hw: tuple[int, int]) -> list[Poses]:
-        """Merge several scales as DEKR's ``tools/valid.py`` + ``lib/core/nms.py`` do.
-
-        Candidates of every scale (largest scale first) are pooled in base-image pixels; heatmaps are averaged on
-        the base grid and give every joint its heatmap value; the center scores of each scale but the one nearest 1
-        are rescaled so that their best equals ``ms_scale_decrease`` x that scale's best (DEKR ``TEST.DECREASE``);
-        pose NMS runs with ``ms_pose_nms_ratio`` (DEKR: 0.15; the ``dekr`` rule's threshold) and keeps at most
-        ``max_people_after_nms``.
-
-        Args:
-            outputs: per scale ``(heatmaps (B, K+1, h_s, w_s), offsets (B, 2K, h_s, w_s))``.
-            scales: per scale ``(sy, sx)`` = that scale's input size / the base input size.
-            base_hw: ``(H, W)`` of the base input image; poses come back in its pixels.
-        """
-        if len(outputs) != len(scales) or not outputs:
-            raise DataError(f"decode_multiscale: {len(outputs)} outputs for {len(scales)} scales; expected one each")
-        with torch.no_grad():
-            grid = (base_hw[0] // self.stride, base_hw[1] // self.stride)
-            # DEKR walks the scales from the largest down; the reference scale is 1 (here: the nearest to 1)
-            order = sorted(range(len(scales)), key=lambda i: -scales[i][0] * scales[i][1])
-            ref = min(order, key=lambda i: abs(math.log(scales[i][0])) + abs(math.log(scales[i][1])))
-            cands = {}
-            avg = None
-            for i in order:
-                hm, off = outputs[i]
-                sy, sx = scales[i]
-                c = self.candidates(hm, off)
-                s = c.centers.new_tensor([sx, sy])
-                # input pixels of scale s -> base input pixels: pixel-area aligned, like the image resize; under
-                # grid_align=dekr x / s and corner-aligned heatmaps, as DEKR's aggregate_results (reverse_scale)
-                dekr = self.align == "dekr"
-                to_base = (lambda v: v / s) if dekr else (lambda v: (v + 0.5) / s - 0.5)  # noqa: E731
-                cands[i] = Candidates(to_base(c.centers), to_base(c.joints), c.scores, c.valid)
-                up = hm.float() if tuple(hm.shape[-2:]) == grid else \
-                    F.interpolate(hm.float(), size=grid, mode="bilinear", align_corners=dekr)
-                avg = up if avg is None else avg + up
-            avg = avg / len(outputs)
-
-            def best(c: Candidates) -> Tensor:  # (B, 1) best valid center score, 1 where none (DEKR)
-                top = torch.where(c.valid, c.scores, torch.full_like(c.scores, -math.inf)).amax(1, keepdim=True)
-                return torch.where(torch.isfinite(top), top, torch.ones_like(top))
-
-            ref_best = best(cands[ref])
-            center_scores = [cands[i].scores if i == ref else
-                             cands[i].scores / best(cands[i]) * ref_best * self.ms_scale_decrease for i in order]
-            joints = self.refine(avg, torch.cat([cands[i].joints for i in order], 1))
-            poses, scores, heat = self._joint_scores(avg, torch.cat(center_scores, 1), joints)
-            valid = torch.cat([cands[i].valid for i in order], 1)
-            scores, kept = self._select(poses, scores, heat, valid, self.ms_pose_nms_ratio)
-            return [Poses(poses[i][keep], scores[i][keep]) for i, keep in enumerate(kept)]
-
-
-def _dekr_nms(near: np.ndarray, rank: np.ndarray) -> list[int]:
-    """DEKR's ``nms_core``: walk the poses in order; each not yet absorbed takes its group ``near[i]`` (itself
-    included), keeps the group's best by ``rank`` unless that one is already absorbed, and absorbs the group."""
-    absorbed = np.zeros(len(rank), bool)
-    keep = []
-    for i in range(len(rank)):  # M <= max_people * scales: a loop over people, not pixels
-        if absorbed[i]:
-            continue
-        group = np.nonzero(near[i])[0]
-        best = group[np.argmax(rank[group])]
-        if absorbed[best]:
-            continue
-        keep.append(int(best))
-        absorbed[group] = True
-    return keep
-
-
-def _greedy_nms(near: np.ndarray, rank: np.ndarray) -> list[int]:
-    """Best first by ``rank``; a pose is dropped when a kept one finds it near (``near[kept, pose]``)."""
-    order = np.argsort(-rank, kind="stable")
-    alive = np.ones(len(rank), bool)
-    keep = []
-    for i in order:
-        if alive[i]:
-            keep.append(int(i))
-            alive &= ~near[i]
-    return keep
-
-
-@functools.lru_cache(maxsize=8)
-def _rescore_net(path: str, mtime_ns: int, device: str) -> RescoreNet:
-    """The rescoring net of ``path`` on ``device``, read once (the mtime in the key reloads a retrained file)."""
-    return load_rescore(path).to(device)
-
-
-def _sample(maps: Tensor, pts: Tensor) -> Tensor:
-    """Bilinear value of channel ``c`` of ``maps (B, C, h, w)`` at ``pts[:, :, c] (B, T, C, 2)`` grid pixels -> ``(B, T, C)``.
-
-    Points outside the map read 0 (``padding_mode='zeros'``).
-    """
-    b, c, h, w = maps.shape
-    t = pts.shape[1]
-    # align_corners=True: -1 / +1 are the centres of the first / last grid pixel
-    norm = torch.stack([pts[..., 0] * (2.0 / max(w - 1, 1)) - 1, pts[..., 1] * (2.0 / max(h - 1, 1)) - 1], -1)
-    norm = norm.permute(0, 2, 1, 3).reshape(b * c, t, 1, 2)
-    out = F.grid_sample(maps.reshape(b * c, 1, h, w), norm.to(maps.dtype), mode="bilinear", padding_mode="zeros",
-                        align_corners=True)
-    return out.view(b, c, t).permute(0, 2, 1)
-
-
-def flip_back(heatmaps: Tensor, offsets: Tensor, flip_index: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Outputs of a mirrored image -> outputs of the original image.
-
-    The grid is mirrored, heatmap channels permuted by ``flip_index`` + center (``meta.flip_index_with_center()``
-    minus its last entry is ``flip_index``), and offsets permuted the same way with x negated: a joint at
-    ``p' + o'`` in the mirrored grid is at ``p + (-o'_x, o'_y)`` in the original.
-
-    Args:
-        heatmaps: ``(B, K+1, h, w)``; offsets: ``(B, 2K, h, w)``; flip_index: length K.
-    """
-    k = len(flip_index)
-    if heatmaps.shape[1] != k + 1 or offsets.shape[1] != 2 * k:
-        raise DataError(f"flip: flip_index has {k} joints but heatmaps have {heatmaps.shape[1]} channels and offsets "
-                        f"{offsets.shape[1]}; expected K+1 and 2K")
-    hm_index = list(flip_index) + [k]
-    hm = heatmaps.flip(-1)[:, hm_index]
-    b, _, h, w = offsets.shape
-    off = offsets.flip(-1).view(b, k, 2, h, w)[:, list(flip_index)]
-    off = off * off.new_tensor([-1.0, 1.0]).view(1, 1, 2, 1, 1)
-    return hm, off.reshape(b, 2 * k, h, w)
-
-
-def merge_flip(heatmaps: Tensor, offsets: Tensor, heatmaps_flipped: Tensor, offsets_flipped: Tensor,
-               flip_index: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Flip test: average the outputs with those of the mirrored image (mapped back by :func:`flip_back`)."""
-    hf, of = flip_back(heatmaps_flipped, offsets_flipped, flip_index)
-    return (heatmaps + hf) / 2, (offsets + of) / 2

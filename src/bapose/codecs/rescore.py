@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bapose.codecs.oks import gt_oks_scale, oks_matrix
 from bapose.errors import DataError
 
 Skeleton = tuple[tuple[int, int], ...]
@@ -191,8 +192,9 @@ def train_rescore(features: Tensor | np.ndarray, targets: Tensor | np.ndarray, e
 def oks(pred_poses: np.ndarray, gt_poses: np.ndarray, gt_areas: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
     """OKS of each prediction with its best-matching ground-truth person of the same image (COCO's formula).
 
-    ``OKS = mean over labelled GT joints of exp(-d^2 / (2 * area * (2 sigma)^2))``, as pycocotools' ``computeOks``;
-    GT people without labelled joints match nothing (COCO ignores them for keypoints).
+    ``OKS = mean over labelled GT joints of exp(-d^2 / (2 * area * (2 sigma)^2))``, as pycocotools' ``computeOks``
+    (:func:`bapose.codecs.oks.oks_matrix`); GT people without labelled joints match nothing (COCO ignores them for
+    keypoints).
 
     Args:
         pred_poses: ``(M, K, 2|3)``; gt_poses: ``(N, K, 3)`` (x, y, v); gt_areas: ``(N,)`` OKS scale (COCO ``area``;
@@ -210,14 +212,9 @@ def oks(pred_poses: np.ndarray, gt_poses: np.ndarray, gt_areas: np.ndarray, sigm
             or area.shape[0] != gt.shape[0]:
         raise DataError(f"rescore: oks got predictions {pred.shape}, GT {gt.shape}, areas {area.shape}, "
                         f"{len(sig)} sigmas; expected (M, K, 3), (N, K, 3), (N,), K")
-    labelled = gt[..., 2] > 0  # (N, K)
-    if pred.shape[0] == 0 or not labelled.any():
+    if pred.shape[0] == 0 or not (gt[..., 2] > 0).any():
         return np.zeros(pred.shape[0])
-    d2 = ((pred[:, None, :, :2] - gt[None, :, :, :2]) ** 2).sum(-1)  # (M, N, K)
-    e = d2 / ((2 * sig) ** 2 * 2 * (area[None, :, None] + np.spacing(1)))
-    per = (np.exp(-e) * labelled).sum(-1) / np.maximum(labelled.sum(-1), 1)  # (M, N)
-    per[:, ~labelled.any(-1)] = 0.0
-    return per.max(1)
+    return oks_matrix(pred, gt, area, sig, labelled=gt[..., 2] > 0).max(1)
 
 
 def training_set(gt: str | Path | Mapping[str, Any], results: str | Path | Sequence[Mapping[str, Any]],
@@ -249,12 +246,7 @@ def training_set(gt: str | Path | Mapping[str, Any], results: str | Path | Seque
         kp = np.asarray(ann.get("keypoints", []), dtype=np.float64)
         if ann.get("iscrowd", 0) or kp.size != 3 * k:
             continue
-        if mode == "crowdpose":
-            bw, bh = ann["bbox"][2:4]
-            scale = bw * bh * 0.53
-        else:
-            scale = ann["area"]
-        people[ann["image_id"]].append((kp.reshape(k, 3), float(scale)))
+        people[ann["image_id"]].append((kp.reshape(k, 3), gt_oks_scale(ann, mode)))
     preds: dict[Any, list[int]] = defaultdict(list)
     for i, r in enumerate(results):
         if len(r.get("keypoints", [])) != 3 * k:

@@ -161,8 +161,9 @@ class WandbMedia(L.Callback):
                      if k.startswith(f"{split}/")}
         if not stats:
             return
-        flip = getattr(pl_module, f"{split}_flip", None)
-        scales = getattr(pl_module, f"{split}_scales", None)
+        # the protocol this evaluation ran (the final one: the test's, for val too)
+        protocol = pl_module.protocol(split) if hasattr(pl_module, "protocol") else {}
+        flip, scales = protocol.get("flip"), protocol.get("scales")
         ckpt = Path(trainer.ckpt_path).name if trainer.ckpt_path else "final weights"
         keys = metric_order(stats)
         row = [split, ckpt, flip, str(list(scales)) if scales is not None else None,

@@ -1,16 +1,16 @@
-"""LightningModule for BAPose / DEKR: trains the net on codec targets, validates with bapose.inference + COCO AP."""
+"""LightningModule for BAPose / DEKR: trains the net on codec targets, validates with bapose.predictor + COCO AP."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 import bapose
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
-from bapose.inference import predict, to_original
+from bapose.predictor import Predictor, images_to_float
 from bapose.training.loss import BAPoseLoss
 from bapose.training.schedules import lr_scheduler_configs
 from bapose.utils.checkpoint import assert_finite_state, check_state_dict_compatible
@@ -32,11 +32,6 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(
 
 class NonFiniteLossError(BAPoseError, RuntimeError):
     """Training stopped because the loss was NaN/inf for too many optimizer steps in a row."""
-
-
-def images_to_float(images: Tensor) -> Tensor:
-    """uint8 ``(B, 3, H, W)`` in [0, 255] -> float32 in [0, 1]; float input is passed through (the net normalises)."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def _make_ema(net: nn.Module, decay: float) -> nn.Module:
@@ -128,6 +123,7 @@ class BAPoseModule(L.LightningModule):
         self.val_flip, self.val_scales = bool(val_flip), tuple(float(s) for s in val_scales)
         self.test_flip = self.val_flip if test_flip is None else bool(test_flip)
         self.test_scales = self.val_scales if test_scales is None else tuple(float(s) for s in test_scales)
+        self.final_eval = False  # final_evaluation(): validation runs the test protocol too
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.model_config = dict(model_config) if model_config is not None else None
         # set in setup() from the datamodule, or by hand when the module runs without one
@@ -268,61 +264,67 @@ class BAPoseModule(L.LightningModule):
         limit = t.limit_val_batches if split == "val" else t.limit_test_batches
         return not (isinstance(limit, float) and limit == 1.0)
 
+    def protocol(self, split: str) -> dict[str, Any]:
+        """``{"flip", "scales"}`` of ``split``'s evaluation: ``trainer.test`` and the final evaluation of a run
+        (:meth:`final_evaluation`) run the test protocol (``test_flip`` / ``test_scales``); validation during fit
+        the cheaper ``val_flip`` / ``val_scales``."""
+        if split == "test" or self.final_eval:
+            return {"flip": self.test_flip, "scales": list(self.test_scales)}
+        return {"flip": self.val_flip, "scales": list(self.val_scales)}
+
+    @contextlib.contextmanager
+    def final_evaluation(self) -> Iterator[None]:
+        """Within: ``trainer.validate`` runs the test protocol, so a run's final ``val/*`` are measured as its
+        ``test/*`` (the row's flip and scales) and as ``bapose-eval`` measures them."""
+        before, self.final_eval = self.final_eval, True
+        try:
+            yield
+        finally:
+            self.final_eval = before
+
+    def _eval_forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.eval_net(images)
+
+    def predictor(self, flip: bool = False, scales: Sequence[float] = (1.0,)) -> Predictor:
+        """The :class:`~bapose.predictor.Predictor` of the weights validation uses (:attr:`eval_net`), its codec and
+        the dataset's flip permutation, under this flip / scales."""
+        flip_index = self.meta.flip_index if self.meta is not None else None
+        return Predictor(self._eval_forward, self.codec, flip_index, flip, scales,
+                         int(getattr(self.net, "size_divisor", 32)))
+
     @torch.no_grad()
     def predict_poses(self, images: Tensor, flip: bool = False, scales: Sequence[float] = (1.0,)) -> list[Any]:
-        """Run :func:`bapose.inference.predict` on a batch: uint8/float ``(B, 3, H, W)`` -> one ``Poses`` per image
+        """People in a batch of images of one size: uint8/float ``(B, 3, H, W)`` -> one ``Poses`` per image
         (``poses (M, K, 3)`` in input-image pixels, ``scores (M,)``)."""
-        x = images_to_float(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return predict(self.eval_net, x, self.codec, meta=self.meta, flip=flip, scales=scales)
+        return self.predictor(flip, scales)(images)
 
     def _eval_predict(self, batch: Mapping[str, Any], flip: bool, scales: Sequence[float]) -> list[Any]:
-        """``predict_poses`` on a val/test batch, each image at its own padded size.
+        """People of a val/test batch, each image at its own padded size (:meth:`Predictor.by_size`)."""
+        return self.predictor(flip, scales).by_size(batch["image"], batch.get("valid_size"))
 
-        The collate pads a batch to its largest image, and D-WASP's image-pool branch averages over the whole input,
-        padding included: an image's people would depend on which images share its batch. Images are therefore run
-        in groups of equal own padded size (``valid_size`` rounded up to the net's ``size_divisor``), cropped to it;
-        a batch of one size (the usual case: ``val_batch_size=1`` or equal-sized images) is one call, as before.
-        """
-        images, valid = batch["image"], batch.get("valid_size")
-        if valid is None or images.shape[0] == 1:
-            return self.predict_poses(images, flip=flip, scales=scales)
-        div = int(getattr(self.net, "size_divisor", 32))
-        own = ((torch.as_tensor(valid).reshape(-1, 2).cpu() + div - 1) // div * div).tolist()
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (h, w) in enumerate(own):
-            groups.setdefault((min(int(h), images.shape[-2]), min(int(w), images.shape[-1])), []).append(i)
-        if len(groups) == 1 and next(iter(groups)) == tuple(images.shape[-2:]):
-            return self.predict_poses(images, flip=flip, scales=scales)
-        results: list[Any] = [None] * images.shape[0]
-        for (h, w), idx in groups.items():
-            for i, r in zip(idx, self.predict_poses(images[idx, :, :h, :w], flip=flip, scales=scales), strict=True):
-                results[i] = r
-        return results
-
-    def _eval_step(self, batch: Mapping[str, Any], flip: bool, scales: Sequence[float]) -> None:
-        results = self._eval_predict(batch, flip, scales)
-        affines = batch["input_to_orig"].detach().cpu().numpy()
+    def _eval_step(self, batch: Mapping[str, Any], split: str) -> None:
+        protocol = self.protocol(split)
+        people = self.predictor(protocol["flip"], protocol["scales"]).in_original(batch)
         ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
-        poses = [to_original(r.poses.detach().cpu().numpy(), a) for r, a in zip(results, affines, strict=True)]
-        scores = [r.scores.detach().cpu().numpy().astype(np.float64) for r in results]
-        self.evaluator.update(ids, poses, scores)
+        self.evaluator.update(ids, [p for p, _ in people], [s for _, s in people])
 
+    # Lightning's hooks, val and test side by side: one evaluator per epoch, one step, one score
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("val")
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_flip, self.val_scales)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_eval("val")
 
     def on_test_epoch_start(self) -> None:
         self.evaluator = self._make_evaluator("test")
 
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_flip, self.test_scales)
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")

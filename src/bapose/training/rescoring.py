@@ -4,8 +4,9 @@ Every DEKR result uses a rescoring net: an MLP that predicts each pose's OKS fro
 on the model's predictions on the training set (DEKR ``tools/valid.py`` with ``rescore_*.yaml``, then
 ``tools/train_scorenet.py``). After ``fit`` this stage does the same with the selected weights:
 
-1. predict people on (a seeded subset of) the training images, with the test's flip, at scale 1, decoded without
-   rescoring; every rank predicts its share (``trainer.predict``), the results are gathered;
+1. predict people on (a seeded subset of) the training images with the protocol the net is then applied with (the
+   final evaluation's: the test's flip and scales, :func:`check_protocol`), decoded without rescoring; every rank
+   predicts its share (``trainer.predict``), the results are gathered;
 2. the target of each prediction is its OKS with the best-matching ground-truth person of its image
    (``bapose.codecs.rescore.training_set``; COCO ``area`` or CrowdPose's bbox w*h*0.53 as the scale); predictions on
    images without a usable ground-truth person are left out, as DEKR's ``COCORescoreEval`` leaves them out;
@@ -36,7 +37,6 @@ from bapose.codecs.rescore import pearson, save_rescore, train_rescore, training
 from bapose.data.datamodule import collate_eval, worker_init_fn
 from bapose.data.dataset import CocoKeypointDataset, limit_cv2_threads_before_fork
 from bapose.errors import ConfigError
-from bapose.inference import to_original
 from bapose.utils.logging import format_metrics_table, write_json
 
 log = logging.getLogger("bapose")
@@ -52,7 +52,8 @@ class RescoreOptions:
         enabled: run the stage after fit.
         max_images: predict on a seeded random subset of this many training images (those with a labelled person);
             None = all of them (DEKR).
-        flip, scales: test-time augmentation of those predictions (DEKR: the test's flip, scale 1).
+        flip, scales: test-time augmentation of those predictions: the final evaluation's (``test.flip``,
+            ``test.scales``), which the rescored numbers are measured with (:func:`check_protocol`).
         epochs, lr, hidden, batch_size: the MLP fit (DEKR ``RESCORE``: 20, 1e-3, 256, 1024).
         seed: subset draw and MLP initialisation / shuffling.
     """
@@ -88,6 +89,21 @@ class RescoreOptions:
         if unknown:
             raise ConfigError(f"rescore: unknown field(s) {unknown}; expected some of {sorted(known)}")
         return cls(**values)
+
+
+def check_protocol(opts: RescoreOptions, module: Any) -> None:
+    """The rescoring net must be fit on predictions made as the ones it rescores: the final evaluation's protocol
+    (``module.protocol("test")``: ``test.flip`` / ``test.scales``). Checked before fit.
+
+    Raises:
+        ConfigError: ``rescore.flip`` / ``rescore.scales`` differ from it.
+    """
+    want = module.protocol("test")
+    if opts.enabled and (opts.flip != want["flip"] or list(opts.scales) != list(want["scales"])):
+        raise ConfigError(f"rescore: fields 'flip' {opts.flip} / 'scales' {list(opts.scales)} differ from the final "
+                          f"evaluation's test.flip {want['flip']} / test.scales {want['scales']}; expected the "
+                          "rescoring net to be fit with the protocol it is applied with (leave rescore.flip / "
+                          "rescore.scales at their defaults ${test.flip} / ${test.scales})")
 
 
 def usable_images(gt: Mapping[str, Any]) -> set:
@@ -154,10 +170,9 @@ class Predictions:
 
 
 class _Predictor(L.LightningModule):
-    """``trainer.predict`` wrapper: people of an eval-style batch in original pixels, as :class:`Predictions`.
-
-    The wrapped module decodes with its codec as it stands (no ``rescore_path`` here) and with the weights it holds.
-    """
+    """``trainer.predict`` adapter (the stage's predictions are sharded over ranks): people of an eval-style batch in
+    original pixels, as :class:`Predictions`, made by the module's :class:`~bapose.predictor.Predictor` (its weights
+    and codec as they stand, no ``rescore_path`` here) under ``flip`` / ``scales``."""
 
     def __init__(self, module: L.LightningModule, flip: bool, scales: Sequence[float]) -> None:
         super().__init__()
@@ -165,14 +180,10 @@ class _Predictor(L.LightningModule):
         self.flip, self.scales = bool(flip), tuple(scales)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Predictions:
-        results = self.module._eval_predict(batch, self.flip, self.scales)  # each image at its own padded size
-        affines = batch["input_to_orig"].detach().cpu().numpy()
+        people = self.module.predictor(self.flip, self.scales).in_original(batch)
         ids = [int(i) for i in torch.as_tensor(batch["image_id"]).reshape(-1).tolist()]
-        parts = []
-        for image_id, r, a in zip(ids, results, affines, strict=True):
-            poses = to_original(r.poses.detach().float().cpu().numpy(), a).astype(np.float32)
-            parts.append(Predictions(np.full(len(poses), image_id, np.int64), poses,
-                                     r.scores.detach().float().cpu().numpy().astype(np.float32)))
+        parts = [Predictions(np.full(len(poses), image_id, np.int64), poses.astype(np.float32),
+                             scores.astype(np.float32)) for image_id, (poses, scores) in zip(ids, people, strict=True)]
         return Predictions.concat(parts, self.module.meta.num_keypoints)
 
 
@@ -242,7 +253,9 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
                         ckpt_path: str | None, out_dir: Path, run_test: bool) -> dict[str, Any]:
     """Train the rescoring net on the training set and score the selected weights with it (module docstring).
 
-    Call it right after the plain final evaluation: ``module`` then holds the weights of ``ckpt_path``.
+    Call it right after the plain final evaluation, inside ``module.final_evaluation()``
+    (:func:`bapose.training.final.evaluate_selected`): ``module`` then holds the weights of ``ckpt_path`` and both
+    the fit and the rescored evaluation run the test protocol.
 
     Returns:
         ``{"rescore_path", "val_rescored/<stat>", ["test_rescored/<stat>"], "rescore/<fit stat>", "rescore_seconds"}``

@@ -26,12 +26,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from bapose.codecs.bapose_codec import CENTER_STATUS, BAPoseCodec, DecodeTrace, Layout
+from bapose.codecs.bapose_codec import CENTER_STATUS, BAPoseCodec, Layout
+from bapose.codecs.oks import gt_oks_scale
 from bapose.codecs.rescore import oks
 from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta
 from bapose.data.transforms import apply_affine, eval_resize_matrix, invert_affine
-from bapose.evaluation import KeypointEvaluator
-from bapose.inference import to_original
+from bapose.evaluation.keypoints import KeypointEvaluator
+from bapose.predictor import DecodeTrace, to_original, trace
 
 LOSS_CAUSES = ("no_center", "center_collision", "max_people", "offsets_owned", "pose_nms", "low_oks")
 
@@ -57,13 +58,6 @@ class UpperBound(NamedTuple):
         moves = ", ".join(f"{k} {self.centers.get(k, 0)}" for k in ("snapped", "moved", "blocked"))
         return (f"lost {lost} of {self.people} people ({causes})\n"
                 f"center collisions: {collide} of {placed} centers ({collide / max(placed, 1):.2%}; {moves})")
-
-
-def _oks_scale(ann: Mapping, mode: str) -> float:
-    """The evaluator's OKS scale of a person: COCO ``area``; CrowdPose bbox ``w * h * 0.53``."""
-    if mode == "crowdpose" or "area" not in ann:
-        return float(ann["bbox"][2] * ann["bbox"][3] * (0.53 if mode == "crowdpose" else 1.0))
-    return float(ann["area"])
 
 
 def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco", input_size: int = 512,
@@ -100,7 +94,7 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
         kp[..., :2] = apply_affine(kp[..., :2], invert_affine(input_to_orig))
         zoom = (rw / img["width"]) * (rh / img["height"])
         areas = np.asarray([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns]) * zoom
-        scales = np.asarray([_oks_scale(a, mode) for a in anns])
+        scales = np.asarray([gt_oks_scale(a, mode) for a in anns])
         out = outcomes(codec, kp, areas, padded, meta.sigmas, scales, oks_threshold, orig, input_to_orig)
         evaluator.update([img["id"]], [to_original(out.trace.poses.numpy(), input_to_orig)],
                          [out.trace.scores.numpy()])
@@ -120,7 +114,7 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
 class Outcome(NamedTuple):
     """One image through the codec: ``causes (N,)`` str per person (``found`` or one of :data:`LOSS_CAUSES`), the
     encoder's :class:`~bapose.codecs.bapose_codec.Layout`, the decoder's
-    :class:`~bapose.codecs.bapose_codec.DecodeTrace` (input pixels) and the targets."""
+    :class:`~bapose.predictor.DecodeTrace` (input pixels) and the targets."""
 
     causes: np.ndarray
     layout: Layout
@@ -145,11 +139,11 @@ def outcomes(codec: BAPoseCodec, keypoints: np.ndarray, areas: np.ndarray, image
     affine = np.array([[1.0, 0, 0], [0, 1.0, 0]]) if input_to_orig is None else np.asarray(input_to_orig)
     targets = codec.encode(kp, areas, image_size=image_size)
     lay = codec.layout(kp, areas, (image_size[0] // codec.stride, image_size[1] // codec.stride))
-    trace, = codec.trace(torch.from_numpy(targets["heatmaps"])[None], torch.from_numpy(targets["offsets"])[None])
+    decoded, = trace(codec, torch.from_numpy(targets["heatmaps"])[None], torch.from_numpy(targets["offsets"])[None])
     center_map = targets["heatmaps"][-1]
     n = len(kp)
     out = np.full(n, "found", dtype=object)
-    pixels, valid, keep = trace.pixels.numpy(), trace.valid.numpy(), trace.keep.numpy()
+    pixels, valid, keep = decoded.pixels.numpy(), decoded.valid.numpy(), decoded.keep.numpy()
     h, w = center_map.shape
     r = codec._kernel(h, w) // 2
     # who each kept candidate decodes: the owner of the offsets at its pixel (every pixel a person owns regresses
@@ -166,7 +160,7 @@ def outcomes(codec: BAPoseCodec, keypoints: np.ndarray, areas: np.ndarray, image
             continue
         rows = np.nonzero(kept_owner == p)[0]
         if len(rows):
-            pose = to_original(trace.poses[rows].numpy(), affine)
+            pose = to_original(decoded.poses[rows].numpy(), affine)
             if oks(pose, orig[p:p + 1], scales[p:p + 1], sigmas).max() < oks_threshold:
                 out[p] = "low_oks"
             continue
@@ -184,7 +178,7 @@ def outcomes(codec: BAPoseCodec, keypoints: np.ndarray, areas: np.ndarray, image
             out[p] = "offsets_owned"
         else:
             out[p] = "pose_nms"
-    return Outcome(out, lay, trace, targets)
+    return Outcome(out, lay, decoded, targets)
 
 
 def codec_upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco", input_size: int = 512,
