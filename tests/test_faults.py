@@ -66,7 +66,7 @@ def _coco_copy(coco_sample: Path, root: Path, edit=None) -> tuple[Path, dict]:
 def _coco_dm(root: Path, *overrides: str):
     """``build_datamodule`` of the train config with ``data=coco`` reading ``root/ann.json`` for train and val."""
     cfg = compose_config([
-        "data=coco", f"data.root={root}", f"data.input_size={SIZE}", "data.num_workers=0",
+        "data=coco", f"data.root={root}", f"data.input_size={SIZE}", "data.num_workers=0", "data.val_num_workers=0",
         "data.persistent_workers=false", "data.pin_memory=false", "data.batch_size=2", "data.val_batch_size=2",
         "data.train.ann_file=ann.json", "data.train.image_dir=.", "data.val.ann_file=ann.json",
         "data.val.image_dir=.", *overrides,
@@ -130,7 +130,7 @@ def test_truncated_jpeg_names_the_file_in_the_main_process_and_in_a_worker(coco_
     with pytest.raises(DataError, match=rf"file '{re.escape(str(bad))}': JPEG is truncated \(\d+ bytes"):
         list(dm.val_dataloader())
 
-    dm = _coco_dm(tmp_path, "data.num_workers=1")
+    dm = _coco_dm(tmp_path, "data.val_num_workers=1")  # the val loader's own workers (issue 20)
     dm.setup("validate")
     with pytest.raises(DataError) as err:
         list(dm.val_dataloader())
