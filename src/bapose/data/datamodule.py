@@ -425,7 +425,12 @@ class BAPoseDataModule(L.LightningDataModule):
         return DataLoader(dataset, shuffle=False, **kwargs)
 
     def _current_epoch(self) -> int:
-        """The epoch the training loader's next iteration serves (0 without a trainer)."""
+        """The epoch the training loader's next iteration serves: the fit loop's count of processed epochs (what
+        Lightning passes to a sampler's ``set_epoch``; ``current_epoch`` lags behind it right after a resume from an
+        epoch-end checkpoint); 0 without a trainer."""
+        progress = getattr(getattr(self.trainer, "fit_loop", None), "epoch_progress", None)
+        if progress is not None:
+            return int(progress.current.processed)
         return int(getattr(self.trainer, "current_epoch", 0) or 0) if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:

@@ -9,8 +9,8 @@ workers' base seed come from it, and Lightning's rank-aware worker seeding (``pl
 every worker's augmentation stream from that base seed — and sets the epoch of a sampler that has ``set_epoch``
 (Lightning's ``DistributedSampler`` under DDP, which shuffles by seed + epoch). Without workers the main process
 draws the augmentations from a stream seeded by torch's initial seed (``CocoKeypointDataset``), so torch's global
-generator is re-seeded from (seed, epoch) too. The epoch comes from the trainer (``current_epoch``), so nothing needs
-saving: a resumed trainer knows its epoch before the first iteration starts.
+generator is re-seeded from (seed, epoch) too. The epoch comes from the trainer (its fit loop's processed epochs), so
+nothing needs saving: a resumed trainer knows its epoch before the first iteration starts.
 
 What it does not make exact (README "Scaling out"): persistent workers (``data.persistent_workers=true`` keeps the
 first epoch's workers and their streams across epochs, a resumed run starts new ones), and a resume in the middle
@@ -39,7 +39,8 @@ class EpochSeededLoader(DataLoader):
 
     Args:
         *args, **kwargs: ``DataLoader`` arguments (a ``generator`` is made when none is given).
-        epoch_fn: returns the epoch the next iteration serves (the trainer's ``current_epoch``); ``None``: 0.
+        epoch_fn: returns the epoch the next iteration serves (the datamodule asks the trainer's fit loop);
+            ``None``: 0.
         seed: the run's seed; ``None`` takes ``PL_GLOBAL_SEED`` (set by ``seed_everything``), else 0.
     """
 

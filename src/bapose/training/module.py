@@ -239,8 +239,9 @@ class BAPoseModule(L.LightningModule):
         acc = self.__dict__.get("_step_terms") or {"nonfinite": torch.zeros((), device=self.device)}
         request = torch.full((), float(self.__dict__.get("_checkpoint_request", False)), device=acc["nonfinite"].device)
         flags = torch.stack([acc["nonfinite"].float(), request])
-        if self._trainer is not None and self.trainer.world_size > 1:
-            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            # torch's all_reduce itself: Lightning's strategy.reduce puts a barrier before it (two collectives)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.SUM)
         nonfinite, requested = flags.tolist()
         self._checkpoint_request = False
         return nonfinite == 0, requested > 0

@@ -7,9 +7,8 @@
   ``hydra/launcher=slurm``, gets ``signal_delay_s`` before the time limit or at preemption), then hands the signal to
   the handler that was installed before (submitit's: it requeues the job and exits); without one the signal then
   does what it would have done;
-* at ``SIGTERM`` (SLURM preemption and time limit, ``scancel``, a torchrun restart): right after the next optimizer
-  step, then the run stops as Lightning stops it at SIGTERM (``SIGTERMException``; Lightning alone would go on to the
-  end of the epoch in a single process).
+* when Lightning stops the run at ``SIGTERM`` (SLURM preemption and time limit, ``scancel``, a torchrun restart:
+  Lightning ends the batch it is in, on every DDP rank at the same batch, with ``SIGTERMException``).
 
 The ranks of a DDP run save at the same step: a rank that wants a checkpoint says so in the one all-reduce per
 optimizer step of the module's non-finite-loss guard (``BAPoseModule.request_checkpoint`` / ``checkpoint_due``), so
@@ -68,15 +67,12 @@ class RequeueCheckpoint(L.Callback):
         filename: the file name without ``.ckpt`` (``last``: the file a resume starts from).
         every_minutes: save after this many minutes of training since the last save; ``None`` / 0 = never.
         checkpoint_signals: signals that trigger a save at the next optimizer step before the previous handler runs.
-        stop_signals: signals that trigger a save at the next optimizer step and then stop the run (the previous
-            handler, Lightning's, runs at once).
         requeue_signals: signals another handler turns into a requeue (Lightning's SLURM auto-requeue): only
             recorded as a preemption (W&B marked preempting), then passed on unchanged.
     """
 
     def __init__(self, dirpath: str, filename: str = "last", every_minutes: float | None = None,
                  checkpoint_signals: tuple[str, ...] | list[str] = ("SIGUSR2",),
-                 stop_signals: tuple[str, ...] | list[str] = ("SIGTERM",),
                  requeue_signals: tuple[str, ...] | list[str] = ("SIGUSR1",)) -> None:
         if every_minutes is not None and every_minutes < 0:
             raise ConfigError(f"callbacks.requeue_checkpoint: field 'every_minutes' is {every_minutes}; expected "
@@ -84,7 +80,6 @@ class RequeueCheckpoint(L.Callback):
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.interval_s = float(every_minutes) * 60.0 if every_minutes else None
         self.checkpoint_signals = [_signal(s) for s in checkpoint_signals]
-        self.stop_signals = [_signal(s) for s in stop_signals]
         self.requeue_signals = [_signal(s) for s in requeue_signals]
         self._previous: dict[int, Any] = {}
         self._pending: int | None = None
@@ -98,11 +93,9 @@ class RequeueCheckpoint(L.Callback):
         self._trainer, self._last_save = trainer, time.monotonic()
         if threading.current_thread() is not threading.main_thread():
             return
-        for sigs, handler in ((self.checkpoint_signals, self._on_checkpoint_signal),
-                              (self.stop_signals, self._on_stop_signal)):
-            for sig in sigs:
-                self._previous[sig] = signal.getsignal(sig)
-                signal.signal(sig, handler)
+        for sig in self.checkpoint_signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_checkpoint_signal)
         for sig in self.requeue_signals:
             handler = signal.getsignal(sig)
             if callable(handler) and sig not in self._previous:  # someone requeues at it: Lightning under SLURM
@@ -114,15 +107,6 @@ class RequeueCheckpoint(L.Callback):
                  signal.Signals(signum).name, self.path.name)
         _note(signum, "checkpointed, then requeued")
         self._pending = signum
-
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("%s: saving %s at the next optimizer step, then stopping", signal.Signals(signum).name,
-                 self.path.name)
-        _note(signum, "checkpointed and stopped; a restarted or requeued attempt resumes")
-        self._pending = signum
-        previous = self._previous.get(signum)
-        if callable(previous):  # Lightning's: it also stops the run at the epoch end, or DDP's next batch
-            previous(signum, frame)
 
     def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
         _note(signum, "requeued by Lightning's SLURM auto-requeue")
@@ -165,8 +149,6 @@ class RequeueCheckpoint(L.Callback):
         if self._pending is not None:
             signum, self._pending = self._pending, None
             self._mark_wandb_preempting()
-            if signum in self.stop_signals:
-                raise SIGTERMException()  # how Lightning itself stops a run at SIGTERM (every rank at this step)
             self._pass_on(signum)
 
     def save(self, trainer: L.Trainer, why: str) -> None:
@@ -187,8 +169,8 @@ class RequeueCheckpoint(L.Callback):
         self._restore()
         if not isinstance(exception, SIGTERMException):
             return
-        # stopped at SIGTERM, by Lightning (every DDP rank at the same batch: rank 0's SIGTERM is broadcast) or by
-        # on_train_batch_end above: a last save unless this step is saved already, then the run ends
+        # Lightning stops every rank after the same batch (rank 0's SIGTERM is broadcast under DDP): a last save
+        # unless this step is saved already, then the run ends
         _note(signal.SIGTERM, "checkpointed and stopped; a restarted or requeued attempt resumes")
         if trainer.state.fn == "fit" and not trainer.sanity_checking and self._saved_step != trainer.global_step:
             self.save(trainer, "SIGTERM")
