@@ -18,6 +18,7 @@ import datetime
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,13 +130,20 @@ def _leaves(node: Any, prefix: str, out: dict[str, Any]) -> None:
 
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved leaves of :data:`IDENTITY_KEYS` (dotted keys), less :data:`FREE_KEYS` and what lies below them."""
+    """The resolved leaves of :data:`IDENTITY_KEYS` (dotted keys), less :data:`FREE_KEYS` and what lies below them,
+    and less the leaves that follow the trainer (``T_max: ${trainer.max_epochs}`` of the cosine schedule: the
+    schedule's length moves with ``trainer.max_epochs``, which may change)."""
     out: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     for key in IDENTITY_KEYS:
         node = OmegaConf.select(cfg, key, default=None)
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         _leaves(value, key, out)
-    return {k: v for k, v in out.items() if not any(k == f or k.startswith(f"{f}.") for f in FREE_KEYS)}
+        if OmegaConf.is_config(node):
+            _leaves(OmegaConf.to_container(node, resolve=False), key, raw)
+    follows_trainer = {k for k, v in raw.items() if isinstance(v, str) and re.search(r"\$\{\s*trainer\.", v)}
+    return {k: v for k, v in out.items() if k not in follows_trainer
+            and not any(k == f or k.startswith(f"{f}.") for f in FREE_KEYS)}
 
 
 def _differences(started: Mapping[str, Any], now: Mapping[str, Any], limit: int = 6) -> list[str]:
@@ -184,7 +192,7 @@ def begin_run(cfg: DictConfig) -> dict[str, Any] | None:
     done = record.get("finished")
     if done and not bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False)):
         if _schedule_done(done, cfg.trainer):
-            metrics = _read_json(out / "metrics.json")
+            metrics = blog.read_json(out / "metrics.json")
             msg = (f"run folder '{out}' finished on {done.get('ended', '?')} at epoch {done.get('epoch')}, global "
                    f"step {done.get('global_step')}: nothing to train with trainer.max_epochs="
                    f"{OmegaConf.select(cfg, 'trainer.max_epochs')}; its results stay in metrics.json (not "
@@ -206,14 +214,6 @@ def finish_run(out_dir: str | Path, epoch: int, global_step: int) -> None:
         ended = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         record["finished"] = {"epoch": int(epoch), "global_step": int(global_step), "ended": ended}
         blog.write_run_record(out_dir, record)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _rank0(fn: Any, *args: Any) -> None:

@@ -363,14 +363,6 @@ def launch_job_processes(nprocs: int, module: str, job_dir: Path) -> None:
         raise JobProcessesFailed(f"{'; '.join(parts)} (per-rank output in '{job_dir / 'ranks'}')") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | None:
     """``cfg.optimized_metric`` of a finished run, for sweepers (None when missing or not finite)."""
     name = cfg.get("optimized_metric")
@@ -383,7 +375,7 @@ def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | Non
 def _record_failure(out_dir: Path, overrides: list[str], err: BaseException, task: str) -> None:
     """Mark a run folder failed unless its own rank 0 already did (its line is the precise one)."""
     path = out_dir / blog.STATUS_FILE
-    info = _read_json(path)
+    info = blog.read_json(path)
     if info.get("status") == "failed":
         return
     info.update({"status": "failed", "task": info.get("task", task), "overrides": info.get("overrides", overrides),
@@ -419,7 +411,7 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
                                                          "processes": nprocs})
             write_rank_config(cfg, out_dir)
             launch_job_processes(nprocs, module, out_dir)
-            return optimized_metric(cfg, _read_json(out_dir / "metrics.json"))
+            return optimized_metric(cfg, blog.read_json(out_dir / "metrics.json"))
         with blog.run_status(out_dir, task_name, overrides, write=blog.process_rank() == 0) as status:
             metrics = task(cfg) if sweep else exit_on_error(prog, lambda: task(cfg))
             status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -465,7 +457,7 @@ class SweepSummary(Callback):
             # a reused sweep folder keeps older jobs: count this sweep's only (1 s of clock slack)
             if path.stat().st_mtime < self._started - 1.0:
                 continue
-            info = _read_json(path)
+            info = blog.read_json(path)
             jobs.append({"job": str(path.parent.relative_to(sweep_dir)), "status": info.get("status", "unknown"),
                          "error": info.get("error"), "overrides": info.get("overrides", [])})
         if not jobs:

@@ -259,6 +259,15 @@ def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
     return "\n".join(x for x in (title, line, head, vals, line) if x)
 
 
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A json object file as a dict; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented json via a temp file + rename (readers never see half a file)."""
     path = Path(path)
