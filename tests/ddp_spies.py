@@ -38,3 +38,70 @@ class RecordDraws(L.Callback):
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / f"draws_rank{trainer.global_rank}.jsonl"
             ds.transform = _RecordingTransform(ds.transform, path, trainer.global_rank)
+
+
+class StepFile(L.Callback):
+    """Writes the global step to ``path`` after every training batch (a test outside the job watches it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.is_global_zero:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(str(trainer.global_step))
+            os.replace(tmp, self.path)
+
+
+class _CollectiveSpy(L.Callback):
+    """Counts the calls of torch.distributed collectives between a training batch's start and end."""
+
+    NAMES = ("all_reduce", "broadcast", "all_gather", "barrier", "broadcast_object_list", "all_gather_object")
+
+    def __init__(self, out: Path) -> None:
+        import torch.distributed as dist
+
+        self.out, self.counts, self.rows = out, dict.fromkeys(self.NAMES, 0), []
+        for name in self.NAMES:
+            real = getattr(dist, name)
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                self.counts[_name] += 1
+                return _real(*args, **kwargs)
+
+            setattr(dist, name, counted)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before = dict(self.counts), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        counts, step = self.before
+        self.rows.append({"batch": batch_idx, "stepped": trainer.global_step != step,
+                          **{k: self.counts[k] - counts[k] for k in self.NAMES}})
+
+    def on_train_end(self, trainer, pl_module):
+        (self.out / f"collectives_rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
+
+
+def count_collectives(out_dir: str) -> None:
+    """One rank of a 2-process gloo fit (RANK / WORLD_SIZE / MASTER_* set by the test), 2 micro-batches per optimizer
+    step, the real train config's callbacks; writes each training batch's collective counts."""
+    import torch
+    from hydra.utils import instantiate
+
+    from bapose.cli.train import build_datamodule, build_module, compose_config, instantiate_list
+
+    torch.set_num_threads(1)
+    cfg = compose_config(["data.input_size=64", "data.synthetic.num_train=32", "data.synthetic.num_val=2",
+                          "data.synthetic.image_size=64", "data.batch_size=2", "data.val_batch_size=2",
+                          "data.num_workers=0", "data.pin_memory=false", "logger=[csv]", "model=dekr_w18s",
+                          "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                          "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1",
+                          "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"],
+                         output_dir=Path(out_dir) / "run")
+    L.seed_everything(0, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, codec=dm.codec)
+    callbacks = [*instantiate_list(cfg.callbacks), _CollectiveSpy(Path(out_dir))]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_list(cfg.logger))
+    trainer.fit(module, datamodule=dm)

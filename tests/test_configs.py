@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -86,20 +87,37 @@ def test_loggers_and_callbacks_compose(tmp_path, monkeypatch):
     assert compose_config(["logger=[csv]"], output_dir=tmp_path).logger.keys() == {"csv"}
 
 
+def _wandb_offline_in_a_fresh_process(tmp_path, **env) -> str:
+    """``bapose.utils.logging.wandb_offline()`` as a new process sees it (W&B caches credentials per process), with
+    a home folder of its own: no ~/.netrc, no W&B settings file but the ones the test writes."""
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    base.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"), WANDB_SILENT="true", **env)
+    code = "import bapose.utils.logging as b\ntry:\n print(b.wandb_offline())\nexcept Exception as e:\n print(e)"
+    proc = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_wandb_is_offline_unless_logged_in_or_online(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert blog.wandb_offline() is True  # no key anywhere
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
-    assert blog.wandb_offline() is False  # `wandb login` wrote the key
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    assert blog.wandb_offline() is True
-    monkeypatch.setenv("WANDB_MODE", "online")
+    # W&B's own credential lookup decides (wandb.login(verify=False, prompt=False)), not a netrc parser of ours
+    assert _wandb_offline_in_a_fresh_process(tmp_path) == "True"  # no key anywhere
+    key = "0123456789abcdef" * 3  # 48 characters: a key W&B accepts (its own length check)
+    (tmp_path / "netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {key}\n")
+    assert _wandb_offline_in_a_fresh_process(tmp_path) == "False"  # `wandb login` wrote the key
+    assert _wandb_offline_in_a_fresh_process(tmp_path, WANDB_MODE="offline") == "True"
     (tmp_path / "netrc").unlink()
+    assert _wandb_offline_in_a_fresh_process(tmp_path, WANDB_API_KEY=key) == "False"
+    # a key W&B refuses is a one-line config error, not a run that hangs trying to log in
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert _wandb_offline_in_a_fresh_process(tmp_path).startswith("W&B credentials: API key must have 40+ char")
+    assert _wandb_offline_in_a_fresh_process(tmp_path, WANDB_MODE="disabled") == "True"
+    monkeypatch.setenv("WANDB_MODE", "online")
     assert blog.wandb_offline() is False
     cfg = compose_config([], output_dir=tmp_path)
     assert cfg.logger.wandb.offline is False and cfg.logger.wandb.group is None  # not a multirun
+    assert cfg.logger.wandb.resume == "allow"
 
 
 def test_sweep_and_launcher_presets(tmp_path):

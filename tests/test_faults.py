@@ -66,7 +66,7 @@ def _coco_copy(coco_sample: Path, root: Path, edit=None) -> tuple[Path, dict]:
 def _coco_dm(root: Path, *overrides: str):
     """``build_datamodule`` of the train config with ``data=coco`` reading ``root/ann.json`` for train and val."""
     cfg = compose_config([
-        "data=coco", f"data.root={root}", f"data.input_size={SIZE}", "data.num_workers=0",
+        "data=coco", f"data.root={root}", f"data.input_size={SIZE}", "data.num_workers=0", "data.val_num_workers=0",
         "data.persistent_workers=false", "data.pin_memory=false", "data.batch_size=2", "data.val_batch_size=2",
         "data.train.ann_file=ann.json", "data.train.image_dir=.", "data.val.ann_file=ann.json",
         "data.val.image_dir=.", *overrides,
@@ -130,7 +130,7 @@ def test_truncated_jpeg_names_the_file_in_the_main_process_and_in_a_worker(coco_
     with pytest.raises(DataError, match=rf"file '{re.escape(str(bad))}': JPEG is truncated \(\d+ bytes"):
         list(dm.val_dataloader())
 
-    dm = _coco_dm(tmp_path, "data.num_workers=1")
+    dm = _coco_dm(tmp_path, "data.val_num_workers=1")  # the val loader's own workers (issue 20)
     dm.setup("validate")
     with pytest.raises(DataError) as err:
         list(dm.val_dataloader())
@@ -566,12 +566,16 @@ def test_slurm_requeue_signal_saves_hpc_checkpoint_requeues_and_the_requeued_job
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("SLURM_")},
            "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "BAPOSE_CACHE": str(tmp_path / "cache"),
            "BAPOSE_ROOT": str(tmp_path), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
            # what srun sets for a one-task job (Lightning's SLURMEnvironment.detect() needs NTASKS and a job name)
            "SLURM_JOB_ID": "5151", "SLURM_JOB_NAME": "bapose", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
            "SLURM_NODELIST": "localhost"}
     # last.ckpt only at epoch ends here: the hpc checkpoint is the most recent state when the signal comes mid-epoch
-    cmd = [str(TRAIN_CLI), *[o for o in SHRUNK_DEMO if not o.startswith("callbacks.last_checkpoint")]]
+    # (the test watches the global step through a spy callback: the signal goes in strictly after the epoch end)
+    steps = tmp_path / "steps.txt"
+    cmd = [str(TRAIN_CLI), *[o for o in SHRUNK_DEMO if not o.startswith("callbacks.last_checkpoint")],
+           "+callbacks.steps._target_=ddp_spies.StepFile", f"+callbacks.steps.path={steps}"]
     runs = tmp_path / "outputs" / "train" / "runs"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
@@ -580,7 +584,8 @@ def test_slurm_requeue_signal_saves_hpc_checkpoint_requeues_and_the_requeued_job
             hpc: list[Path] = []
             signalled = False
             while proc.poll() is None and time.monotonic() < deadline:
-                if not signalled and "| step 8 |" in (tmp_path / "first.log").read_text(errors="replace"):
+                step = int(steps.read_text() or -1) if steps.is_file() else -1
+                if not signalled and step > STEPS_PER_EPOCH:
                     proc.send_signal(signal.SIGUSR1)  # in the second epoch (its first steps)
                     signalled = True
                 hpc = sorted(runs.glob("slurm-5151-*/hpc_ckpt_*.ckpt"))

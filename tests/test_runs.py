@@ -95,10 +95,11 @@ def test_ckpt_path_auto_resumes_only_a_folder_with_a_last_checkpoint(tmp_path, c
         runs.resolve_ckpt_path("last", tmp_path)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    last = str(tmp_path / "checkpoints" / "last.ckpt")
     with caplog.at_level(logging.INFO, logger="bapose"):
-        assert runs.resolve_ckpt_path("auto", tmp_path) == "last"  # Lightning's "last": the newest last*.ckpt
+        assert runs.resolve_ckpt_path("auto", tmp_path) == last  # a path: the newest checkpoint by global step
     assert "has 'last.ckpt': resuming from it" in caplog.text
-    assert runs.resolve_ckpt_path("last", tmp_path) == "last"
+    assert runs.resolve_ckpt_path("last", tmp_path) == last
     assert runs.resolve_ckpt_path(None, tmp_path) is None  # null: fresh, whatever is there
     with pytest.raises(ConfigError, match="does not exist"):
         runs.resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)

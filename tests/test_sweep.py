@@ -64,10 +64,15 @@ def _multirun(args: list[str], tmp_path: Path, timeout: int = 500) -> tuple[subp
 
 
 def wandb_records(run_dir: Path) -> list:
-    """The records of an offline W&B run (``run-*.wandb``: W&B's LevelDB-style log of protobuf ``Record``s)."""
+    """The records of the one offline W&B run of a run folder."""
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return wandb_log_records(path)
+
+
+def wandb_log_records(path: Path) -> list:
+    """The records of an offline W&B run's log (``run-*.wandb``: W&B's LevelDB-style log of protobuf ``Record``s)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data, pos, block, buf, out = path.read_bytes(), 7, 32768, b"", []  # 7-byte file header, 32 KiB blocks
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a record header is padding

@@ -89,7 +89,10 @@ def test_offline_wandb_run_holds_validation_images_final_ap_table_config_and_bes
 def test_wandb_media_callback_is_configured_and_log_model_is_checked(tmp_path):
     cfg = compose_config([], output_dir=tmp_path)
     assert cfg.callbacks.wandb_media.num_images == cfg.draw_images == 4
-    assert cfg.logger.wandb._target_ == "bapose.utils.wandb.WandbLogger"
+    # the factory (issue 20: no logger at all with WANDB_MODE=disabled) builds bapose's WandbLogger
+    assert cfg.logger.wandb._target_ == "bapose.utils.wandb.wandb_logger"
+    from bapose.utils.wandb import WandbLogger
+    assert [type(lg) for lg in instantiate_list(cfg.logger) if isinstance(lg, WandbLogger)] == [WandbLogger]
     bad = compose_config(["logger.wandb.log_model=all"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="logger.wandb.log_model"):
         instantiate_list(bad.logger)

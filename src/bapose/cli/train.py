@@ -7,6 +7,7 @@ entry point over ``conf/train.yaml``::
     bapose-train -m model.decoder.dilations='[1,6,12,18]','[1,3,6,9]' data.input_size=512,640
     bapose-train trainer=ddp trainer.devices=8
     bapose-train run_id=w32-a                                                  # started again: resumes that run
+    bapose-train run_id=w32-a trainer.max_epochs=200                           # ... and trains it for longer
     bapose-train ckpt_path=last hydra.run.dir=outputs/train/runs/<stamp>     # resume that run
 
 Resuming, the global batch / LR rule, DDP jobs inside a multirun and failed sweep jobs: ``bapose.training.runs``.
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
 from bapose.errors import BAPoseError, ConfigError
 from bapose.paths import config_dir
-from bapose.training import runs
+from bapose.training import preemption, resume, runs
 from bapose.training.runs import resolve_ckpt_path  # noqa: F401 - public here since 0.1 (tests, notebooks)
 from bapose.training.final import evaluate_selected, protocol_title
 from bapose.training.rescoring import RescoreOptions, check_protocol, rescored_tables
@@ -77,13 +78,14 @@ def instantiate_checked(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
-    """Build every ``_target_`` node of a ``{name: node}`` group (callbacks, loggers); ``None`` / empty gives ``[]``."""
+    """Build every ``_target_`` node of a ``{name: node}`` group (callbacks, loggers); ``None`` / empty gives ``[]``.
+    A factory that returns ``None`` (the W&B logger with ``WANDB_MODE=disabled``) contributes nothing."""
     if not cfg:
         return []
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"expected a mapping of {{name: {{_target_: ...}}}}, got {type(cfg).__name__}")
-    return [instantiate_checked(node) for node in cfg.values()
-            if isinstance(node, DictConfig) and "_target_" in node]
+    built = [instantiate_checked(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [obj for obj in built if obj is not None]
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -152,6 +154,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, codec=datamodule.codec)
     check_protocol(rescore, module)  # the rescoring net is fit with the protocol it is applied with
+    # the run folder's identity (run.json): a restart with another training config stops here, a finished run
+    # says so and keeps its results (nothing is written before the config itself was found valid)
+    finished = resume.begin_run(cfg)
+    if finished is not None:
+        return finished
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate_checked(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -191,8 +198,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
                                         out_dir / "val_predictions.png", int(cfg.get("draw_images", 0) or 0))
             print(f"run folder: {out_dir}" + (f" (predictions drawn in {png.name})" if png else ""), flush=True)
-    except BaseException:
-        blog.finish_loggers(loggers, failed=True)  # W&B shows the run as failed (exit code 1)
+            resume.finish_run(out_dir, trainer.current_epoch, trainer.global_step)
+    except BaseException as err:
+        stop = preemption.preempted()  # stopped at a signal for a requeue / restart: W&B shows it preempted
+        blog.finish_loggers(loggers, failed=stop is None, preempted=stop[0] if stop else None)
+        if stop is not None and isinstance(err, SystemExit) and not isinstance(err, blog.RunPreempted):
+            code = err.code if isinstance(err.code, int) and err.code != 0 else 128 + stop[1]
+            raise blog.RunPreempted(stop[0], code) from err
         raise
     blog.finish_loggers(loggers)
     return metrics

@@ -28,6 +28,7 @@ from bapose.data.dataset import (
     limit_cv2_threads_before_fork,
     load_coco_keypoint_json,
 )
+from bapose.data.epoch_loader import EpochSeededLoader
 from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta, keypoint_categories, rule_set
 from bapose.data.transforms import EVAL_RESIZES, EvalTransform, TrainTransform
 from bapose.errors import ConfigError
@@ -117,7 +118,10 @@ class BAPoseDataModule(L.LightningDataModule):
         train, val, test: ``{ann_file, image_dir}``; relative paths are resolved against ``root``.
         codec: a ``BAPoseCodec`` (or any object with ``encode``), or kwargs for ``BAPoseCodec(input_size, ...)``.
         batch_size: training batch per device; ``val_batch_size`` for val/test.
-        num_workers, persistent_workers, pin_memory: DataLoader settings (persistent only when workers > 0).
+        num_workers, persistent_workers, pin_memory: DataLoader settings of the training loader (persistent only
+            when workers > 0; not persistent, a resumed run's data matches the uninterrupted run's:
+            ``bapose.data.epoch_loader``); ``pin_memory`` also for val/test.
+        val_num_workers: workers of the val/test loaders (never persistent: they run once per validation).
         augmentation: ``TrainTransform`` kwargs (min_scale, max_scale, max_rotation, max_translate,
             max_translate_px, flip_prob, scale_type, color_jitter, hue_jitter).
         on_bad_sample: "raise" or "skip" missing/corrupt images.
@@ -142,7 +146,8 @@ class BAPoseDataModule(L.LightningDataModule):
     def __init__(self, name: str = "coco", input_size: int = 512, num_keypoints: int | None = 17,
                  meta: Mapping | DatasetMeta | None = None, train: Mapping | None = None, val: Mapping | None = None,
                  test: Mapping | None = None, codec: Any = None, batch_size: int = 8, val_batch_size: int = 1,
-                 num_workers: int = 4, persistent_workers: bool = True, pin_memory: bool = True,
+                 num_workers: int = 4, persistent_workers: bool = False, pin_memory: bool = True,
+                 val_num_workers: int = 0,
                  augmentation: Mapping | None = None, on_bad_sample: str = "raise",
                  synthetic: Mapping | None = None, root: str | os.PathLike | None = None,
                  size_divisor: int = 32, eval_mode: str | None = None, eval_resize: str | None = None,
@@ -175,6 +180,7 @@ class BAPoseDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size)
         self.num_workers = int(num_workers)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.val_num_workers = int(val_num_workers)
         self.pin_memory = bool(pin_memory)
         self.augmentation = _plain(augmentation)
         self.on_bad_sample = on_bad_sample
@@ -313,7 +319,8 @@ class BAPoseDataModule(L.LightningDataModule):
             "meta": {**self.meta.spec(), "keypoints_field": self.keypoints_field},
             "root": str(self.root.absolute()) if self.root is not None else None, **splits,
             "batch_size": self.batch_size, "val_batch_size": self.val_batch_size, "num_workers": self.num_workers,
-            "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory,
+            "val_num_workers": self.val_num_workers, "persistent_workers": self.persistent_workers,
+            "pin_memory": self.pin_memory,
             "on_bad_sample": self.on_bad_sample, "synthetic": dict(self.synthetic) if self.synthetic else None,
             "size_divisor": self.size_divisor, "eval_mode": self.eval_mode, "eval_resize": self.eval_resize,
         }
@@ -403,16 +410,28 @@ class BAPoseDataModule(L.LightningDataModule):
             raise ConfigError(f"data.{split} is not set up; call setup() with a stage that builds it "
                               f"and configure data.{split}")
         batch_size = self.batch_size if train else self.val_batch_size
+        workers = self.num_workers if train else self.val_num_workers
         # full training batches (BatchNorm), unless the set is smaller than one batch (tiny demo/test sets)
         drop_last = train and len(dataset) >= batch_size
-        if self.num_workers > 0:
+        if workers > 0:
             limit_cv2_threads_before_fork()
         rank = self.trainer.global_rank if self.trainer is not None else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.persistent_workers,
-                          pin_memory=self.pin_memory, collate_fn=collate_train if train else collate_eval,
-                          worker_init_fn=functools.partial(worker_init_fn, rank=rank) if self.num_workers > 0
-                          else None)
+        kwargs = {"batch_size": batch_size, "drop_last": drop_last, "num_workers": workers,
+                  "persistent_workers": self.persistent_workers if train else False, "pin_memory": self.pin_memory,
+                  "collate_fn": collate_train if train else collate_eval,
+                  "worker_init_fn": functools.partial(worker_init_fn, rank=rank) if workers > 0 else None}
+        if train:  # order and augmentation seeds by (seed, epoch): a resumed run sees the uninterrupted run's data
+            return EpochSeededLoader(dataset, shuffle=True, epoch_fn=self._current_epoch, **kwargs)
+        return DataLoader(dataset, shuffle=False, **kwargs)
+
+    def _current_epoch(self) -> int:
+        """The epoch the training loader's next iteration serves: the fit loop's count of processed epochs (what
+        Lightning passes to a sampler's ``set_epoch``; ``current_epoch`` lags behind it right after a resume from an
+        epoch-end checkpoint); 0 without a trainer."""
+        progress = getattr(getattr(self.trainer, "fit_loop", None), "epoch_progress", None)
+        if progress is not None:
+            return int(progress.current.processed)
+        return int(getattr(self.trainer, "current_epoch", 0) or 0) if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", train=True)

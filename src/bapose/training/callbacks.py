@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bapose.errors import ConfigError
+import bapose.utils.logging as blog
 from bapose.utils.logging import metric_order
 from bapose.utils.wandb import find_wandb_logger
 
@@ -207,6 +208,7 @@ def _hydra_overrides() -> list[str] | None:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+        # the job's overrides also in the processes a multirun job starts for itself (BAPOSE_TASK_OVERRIDES)
+        return blog.task_overrides() if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001 - Hydra half-initialised (a plain train(cfg) call): nothing to record
         return None

@@ -139,6 +139,7 @@ class BAPoseModule(L.LightningModule):
         self.nonfinite_steps = 0  # total skipped steps (also logged)
         self._nonfinite_in_a_row = 0
         self._last_step_finite = True
+        self.checkpoint_due = False  # set at an optimizer step for which a rank asked for a checkpoint
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -197,49 +198,100 @@ class BAPoseModule(L.LightningModule):
         return self.net(x)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+    # The non-finite guard costs one all-reduce per optimizer step and none per gradient-accumulation micro-step:
+    # each micro-step only adds its loss terms and a non-finite count to device tensors (no host sync); at the
+    # optimizer step one all-reduce of [non-finite micro-steps, checkpoint requests] tells every rank whether any
+    # rank's loss was non-finite (then no rank updates: the gradients are dropped, Lightning skips the update) and
+    # whether a rank asked for a checkpoint (bapose.training.preemption). Step logs are this rank's values, unsynced;
+    # epoch logs are reduced over ranks once, at the epoch end.
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         heatmaps, offsets = self(batch["image"])
         terms = self.loss(heatmaps, offsets, batch["heatmaps"], batch["heatmap_weights"], batch["offsets"],
                           batch["offset_weights"])
         loss = terms["loss"]
-        finite = bool(torch.isfinite(loss))
-        # every rank must take the same decision, or DDP would wait forever for the skipped rank's gradients
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        finite = torch.isfinite(loss.detach())
+        bs = int(batch["image"].shape[0])
+        acc = self.__dict__.get("_step_terms")
+        if acc is None:
+            acc = self._step_terms = {"nonfinite": torch.zeros((), device=loss.device), "images": 0,
+                                      **{k: torch.zeros((), device=loss.device) for k in ("loss", "heatmap", "offset")}}
+        acc["nonfinite"] += (~finite).float()
+        for k in ("loss", "heatmap", "offset"):
+            # a non-finite micro-step makes the whole optimizer step skipped: its terms are never logged
+            acc[k] += torch.where(finite, terms[k].detach(), torch.zeros_like(loss.detach())) * bs
+        acc["images"] += bs
+        # backward runs whatever the value (every DDP rank must join the gradient all-reduce); a non-finite step's
+        # gradients are dropped before the update
+        return loss
+
+    def request_checkpoint(self) -> None:
+        """Ask for a checkpoint right after the next optimizer step, on every rank (``checkpoint_due`` turns true
+        there): the request travels in the non-finite guard's all-reduce (``bapose.training.preemption``)."""
+        self._checkpoint_request = True
+
+    def _agree_step(self) -> tuple[bool, bool]:
+        """The one collective of an optimizer step: (every rank's micro-steps finite, some rank asks for a
+        checkpoint). One host sync; no collective at all in a single process."""
+        acc = self.__dict__.get("_step_terms") or {"nonfinite": torch.zeros((), device=self.device)}
+        request = torch.full((), float(self.__dict__.get("_checkpoint_request", False)), device=acc["nonfinite"].device)
+        flags = torch.stack([acc["nonfinite"].float(), request])
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            # torch's all_reduce itself: Lightning's strategy.reduce puts a barrier before it (two collectives)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.SUM)
+        nonfinite, requested = flags.tolist()
+        self._checkpoint_request = False
+        return nonfinite == 0, requested > 0
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        decision: dict[str, bool] = {}
+
+        def guarded_closure() -> Any:
+            out = optimizer_closure() if optimizer_closure is not None else None  # the last micro-step + backward
+            decision["finite"], decision["checkpoint"] = self._agree_step()
+            if decision["finite"]:
+                return out
+            optimizer.zero_grad(set_to_none=True)  # no update: the optimizer sees no gradient at all
+            return None  # Lightning's "backward skipped" (the AMP scaler neither steps nor updates)
+
+        super().optimizer_step(epoch, batch_idx, optimizer, guarded_closure)
+        finite = decision.get("finite", True)
         self._last_step_finite = finite
-        bs = batch["image"].shape[0]
+        self.checkpoint_due = decision.get("checkpoint", False)
+        self._log_step(finite)
+        # the step number drives the EMA's decay warm-up, so a resumed run continues the same ramp
+        if self.ema is not None and finite:
+            self.ema.update(self.net, step=self.global_step + 1)
+
+    def _log_step(self, finite: bool) -> None:
+        acc = self.__dict__.pop("_step_terms", None)
         if not finite:
             self.nonfinite_steps += 1
             self._nonfinite_in_a_row += 1
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
-                     batch_size=bs)
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
             if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-                vals = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise NonFiniteLossError(
                     f"training stopped: the loss was non-finite for {self._nonfinite_in_a_row} optimizer steps in a "
                     f"row (module.max_nonfinite_steps={self.max_nonfinite_steps}; epoch {self.current_epoch}, "
-                    f"global step {self.global_step}, batch {batch_idx}: {vals}). The weights were not updated by "
-                    f"those steps and no checkpoint was written from them. Try a lower optimizer.lr, "
-                    f"module.warmup_steps, trainer.gradient_clip_val, trainer.precision=32, or check the data.")
-            return None  # Lightning skips backward and the optimizer update
+                    f"global step {self.global_step}). The weights were not updated by those steps and no "
+                    f"checkpoint was written from them. Try a lower optimizer.lr, module.warmup_steps, "
+                    f"trainer.gradient_clip_val, trainer.precision=32, or check the data.")
+            return
         self._nonfinite_in_a_row = 0
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("train/heatmap", terms["heatmap"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log("train/offset", terms["offset"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        if acc is None or not acc["images"]:
+            return
+        n = acc["images"]
+        means = {k: acc[k] / n for k in ("loss", "heatmap", "offset")}
+        # step values: this rank's, unsynced (no collective); epoch values: weighted by images, reduced at epoch end
+        self.log("train/loss_step", means["loss"], on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        for k, v in means.items():
+            self.log(f"train/{k}_epoch", v, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+            if k != "loss":
+                self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=n)
         if self.nonfinite_steps:
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False,
-                     batch_size=bs)
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
         if self._trainer is not None and self.trainer.optimizers:
-            # the LR this step uses (warm-up included): the same number the LR monitor logs
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
-                     batch_size=bs)
-        return loss
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # the closure ran inside the step: _last_step_finite now describes this step. The step number drives the
-        # EMA's decay warm-up, so a resumed run continues the same ramp.
-        if self.ema is not None and self._last_step_finite:
-            self.ema.update(self.net, step=self.global_step + 1)
+            # the LR this step used (warm-up included): the same number the LR monitor logs
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ validation / test
     def _make_evaluator(self, split: str) -> Any:

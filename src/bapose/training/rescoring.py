@@ -276,12 +276,17 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
     mode = module.eval_mode or ("crowdpose" if module.meta.name == "crowdpose" else "coco")
     stats: dict[str, Any] = {}
     if trainer.is_global_zero and len(results):
+        # rank 0 alone; the other ranks wait in the broadcast below, up to the process group's timeout
+        # (trainer.strategy.timeout; BENCHMARKS.md "Rank-0 stages" times this fit for COCO's size)
+        t_fit = time.perf_counter()
         fitted = fit_rescore_net(gt, results, module.meta, mode, opts, path)
-        stats = {"rescore/images_predicted": len(image_ids), **fitted} if fitted else {}
+        stats = {"rescore/images_predicted": len(image_ids), **fitted,
+                 "rescore/fit_seconds": round(time.perf_counter() - t_fit, 1)} if fitted else {}
     if stats:
-        log.info("rescoring net: %d predictions on %d training images, corr(score, OKS) %.3f -> %.3f; saved %s",
-                 stats["rescore/predictions"], stats["rescore/images"], stats["rescore/corr_score_oks"],
-                 stats["rescore/corr_rescored_oks"], path)
+        log.info("rescoring net: %d predictions on %d training images, corr(score, OKS) %.3f -> %.3f; saved %s "
+                 "(rank 0 alone for %.1f s)", stats["rescore/predictions"], stats["rescore/images"],
+                 stats["rescore/corr_score_oks"], stats["rescore/corr_rescored_oks"], path,
+                 stats["rescore/fit_seconds"])
     stats = strategy.broadcast(stats, src=0)
     if not stats:
         log.warning("rescoring stage: no prediction on the %d training images; no rescoring net", len(image_ids))

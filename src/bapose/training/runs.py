@@ -3,19 +3,19 @@ failed job.
 
 What ``bapose-train`` does around ``train(cfg)`` (README "Scaling out" shows the commands):
 
-* **Resume** (:func:`resolve_ckpt_path`): ``ckpt_path=auto`` (the default) resumes from the run folder's own last
-  checkpoint when there is one, with Lightning's ``ckpt_path="last"`` semantics (or, under SLURM, Lightning's own
-  ``hpc_ckpt`` written at the requeue signal). A requeued or restarted job finds its folder because the folder is
-  named by the run's identity (``run_id``, ``SLURM_JOB_ID``, torchrun's rendezvous id; see
-  ``bapose.utils.logging.run_folder_name``), the same in every rank.
+* **Resume** (``bapose.training.resume``): ``ckpt_path=auto`` (the default) resumes from the run folder's newest
+  checkpoint by global step (``last.ckpt``, or Lightning's ``hpc_ckpt_<n>.ckpt`` written at SLURM's signal), and a
+  restart with another training config, or of a run that finished, stops or says so. A requeued or restarted job
+  finds its folder because the folder is named by the run's identity (``run_id``, a SLURM batch job's id,
+  torchrun's rendezvous id; see ``bapose.utils.logging.run_folder_name``), the same in every rank.
 * **Global batch** (:func:`scale_lr_to_global_batch`): per-process batch x processes x accumulation is logged once;
   when it differs from the experiment's ``reference_batch`` the LR is scaled by ``optimizer.scale_lr``
   (``linear`` | ``sqrt``) or, with ``none``, a warning says so.
 * **DDP jobs in a multirun** (:func:`launch_job_processes`): Lightning starts the other ranks of a DDP run by running
   the command line again, which inside ``-m`` would start the whole sweep again. A multirun job that needs several
   local processes therefore starts them itself with torch's elastic launcher (what ``torchrun`` runs): one process
-  per device, each running this job's overrides as a plain run in the job's folder; the sweep process only waits.
-  Jobs share nothing but the sweep folder. On SLURM (``hydra/launcher=slurm``, one task per GPU) and under torchrun
+  per device, each running this job's composed config (written to ``<job>/ranks/job_config.yaml``) as a plain run
+  in the job's folder; the sweep process only waits. Jobs share nothing but the sweep folder. On SLURM (``hydra/launcher=slurm``, one task per GPU) and under torchrun
   the ranks already exist and nothing is launched here.
 * **Failed jobs** (:func:`run_job`, :class:`SweepSummary`): a failing multirun job is recorded in its
   ``status.json`` (and its W&B run finished as failed), the sweep goes on, Optuna marks the trial failed; at the end
@@ -47,53 +47,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog
 from bapose.errors import BAPoseError, ConfigError, exit_on_error
+from bapose.training.resume import resolve_ckpt_path
 
 log = logging.getLogger("bapose")
 
 SCALE_RULES = ("none", "linear", "sqrt")
-
-
-# ---------------------------------------------------------------------------------------------------- resuming
-def _last_checkpoints(output_dir: Path) -> list[Path]:
-    ckpts = (output_dir / "checkpoints").glob("last*.ckpt")
-    return sorted((p for p in ckpts if p.is_file()), key=lambda p: p.stat().st_mtime)
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``trainer.fit``'s ``ckpt_path`` from the config value.
-
-    * ``auto`` (default): this run folder's newest ``checkpoints/last*.ckpt`` when there is one (a requeued or
-      restarted job resumes), passed as Lightning's ``"last"``; under SLURM a Lightning ``hpc_ckpt_*.ckpt`` in the
-      folder wins (``None``: Lightning picks it itself); else ``None`` (a fresh run).
-    * ``last``: the same, but a folder without a last checkpoint is an error (the user meant to resume).
-    * ``None`` / ``null``: start fresh (an existing last.ckpt gets overwritten).
-    * a path: that checkpoint (its full training state).
-    """
-    if ckpt_path in (None, "", "null"):
-        return None
-    out = Path(output_dir)
-    if ckpt_path in ("auto", "last"):
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        hpc = sorted(out.glob("hpc_ckpt_*.ckpt"))
-        if hpc and SLURMEnvironment.detect():
-            _rank0(log.info, "resuming from Lightning's SLURM requeue checkpoint '%s' (ckpt_path=%s)", hpc[-1],
-                   ckpt_path)
-            return None
-        last = _last_checkpoints(out)
-        if last:
-            _rank0(log.info, "run folder '%s' has '%s': resuming from it (ckpt_path=%s)", out, last[-1].name,
-                   ckpt_path)
-            return "last"
-        if ckpt_path == "last":
-            raise ConfigError(f"ckpt_path=last: no '{out / 'checkpoints' / 'last.ckpt'}'; expected the run folder "
-                              f"of the run to resume (run_id=<its id> or hydra.run.dir=<its folder>) or an explicit "
-                              f"ckpt_path=<file>")
-        return None
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"field 'ckpt_path': checkpoint file '{path}' does not exist")
-    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------------- fit set-up
@@ -172,11 +130,12 @@ def prepare_fit(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, log
     """Everything between building the trainer and ``trainer.fit``: trainer checks, the global batch and LR rule,
     and the checkpoint to resume from (``ckpt_path``, default ``auto``)."""
     check_trainer(cfg, trainer)
-    # every rank says who it is, in its own log file (<task>_rank<N>.log)
-    log.info("process rank %d of %d (local rank %d, node %d) on %s, run folder %s", trainer.global_rank,
-             trainer.world_size, trainer.local_rank, trainer.node_rank, socket.gethostname(), cfg.paths.output_dir)
-    scale_lr_to_global_batch(cfg, trainer, module, int(getattr(datamodule, "batch_size", cfg.data.batch_size)),
-                             loggers)
+    per_process = int(getattr(datamodule, "batch_size", cfg.data.batch_size))
+    # every rank says who it is and what it trains on, in its own log file (<task>_rank<N>.log)
+    log.info("process rank %d of %d (local rank %d, node %d) on %s, run folder %s, batch %d per process",
+             trainer.global_rank, trainer.world_size, trainer.local_rank, trainer.node_rank, socket.gethostname(),
+             cfg.paths.output_dir, per_process)
+    scale_lr_to_global_batch(cfg, trainer, module, per_process, loggers)
     return resolve_ckpt_path(cfg.get("ckpt_path", "auto"), cfg.paths.output_dir)
 
 
@@ -220,29 +179,83 @@ def _quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _launched_externally() -> bool:
+    """Whether a launcher already started this process as one rank of several (what Lightning's cluster
+    environments detect: SLURM tasks, torchrun, Kubeflow, LSF, MPI; or ``LOCAL_RANK`` set by hand)."""
+    from lightning.fabric.plugins.environments import (
+        KubeflowEnvironment,
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    for env in (SLURMEnvironment, TorchElasticEnvironment, KubeflowEnvironment, LSFEnvironment, MPIEnvironment):
+        with contextlib.suppress(Exception):  # MPIEnvironment.detect needs mpi4py
+            if env.detect():
+                return True
+    return LightningEnvironment().creates_processes_externally
+
+
+def _start_method(strategy: Any) -> str | None:
+    """How Lightning starts the other local processes of ``trainer.strategy``: ``"popen"`` (it runs the command
+    line again: DDP's default, FSDP, DeepSpeed), ``"spawn"`` / ``"fork"`` (from inside the process), or ``None``."""
+    import inspect
+
+    from hydra.utils import get_class
+    from lightning.pytorch.strategies import ParallelStrategy, StrategyRegistry
+
+    if strategy in (None, "auto"):
+        return "popen"  # Lightning's choice for several devices outside a notebook: "ddp"
+    if isinstance(strategy, str):
+        if strategy not in StrategyRegistry:
+            return None
+        entry = StrategyRegistry[strategy]
+        cls, given = entry["strategy"], entry["init_params"].get("start_method")
+    elif isinstance(strategy, (DictConfig, Mapping)) and "_target_" in strategy:
+        cls, given = get_class(str(strategy["_target_"])), strategy.get("start_method")
+    else:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, ParallelStrategy)):
+        return None
+    param = inspect.signature(cls).parameters.get("start_method")
+    return str(given or (param.default if param is not None else "popen"))
+
+
+def _local_devices(accelerator: Any, devices: Any) -> int:
+    """How many devices of this node ``trainer.devices`` selects (Lightning's accelerators parse it)."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    name = str(accelerator or "auto")
+    if name == "auto":
+        name = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    if name in ("gpu", "cuda"):
+        ids = CUDAAccelerator.parse_devices(devices)
+        return len(ids) if isinstance(ids, list) else int(ids or 0)
+    if name == "cpu":
+        return 1 if devices in ("auto", None) else int(CPUAccelerator.parse_devices(devices))
+    return 1
+
+
 def job_processes(cfg: DictConfig) -> int:
-    """How many local processes Lightning would start for this config by running the command line again (its
-    subprocess launcher: DDP without torchrun / SLURM / an MPI launcher); 0 when it starts none.
+    """How many local processes Lightning would start for this config by running the command line again (DDP's
+    subprocess launcher: no torchrun / SLURM / MPI launcher made the ranks); 0 when it starts none.
 
-    Asks Lightning itself (a Trainer is built from ``cfg.trainer``; nothing is initialised on the devices).
+    Read from the config with Lightning's public pieces (its cluster environments' ``detect``, the strategy
+    registry, the accelerators' device parsing); no Trainer is built in the sweep process.
     """
-    from hydra.utils import instantiate
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    with _quiet("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                              enable_progress_bar=False, enable_model_summary=False)
-    strategy = trainer.strategy
-    environment = getattr(strategy, "cluster_environment", None)
-    if not isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher) or environment is None \
-            or environment.creates_processes_externally:  # torchrun, SLURM tasks, MPI: the ranks already exist
+    t = cfg.trainer
+    if _launched_externally():  # torchrun, SLURM tasks, MPI: the ranks already exist
         return 0
-    if int(trainer.num_nodes) > 1:
-        raise ConfigError(f"trainer field 'num_nodes' is {trainer.num_nodes} in a multirun job on one machine; "
+    n = _local_devices(t.get("accelerator"), t.get("devices", 1))
+    if n <= 1 or _start_method(t.get("strategy", "auto")) != "popen":
+        return 0
+    if int(t.get("num_nodes", 1) or 1) > 1:
+        raise ConfigError(f"trainer field 'num_nodes' is {t.num_nodes} in a multirun job on one machine; "
                           f"expected a cluster launcher that starts the processes on every node "
                           f"(hydra/launcher=slurm), or torchrun on each node with run_id=<name>")
-    n = int(getattr(strategy, "num_processes", 1))
-    return n if n > 1 else 0
+    return n
 
 
 def _quote(value: str) -> str:
@@ -250,22 +263,40 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# hydra overrides a job's ranks repeat (logging set-up); the sweep's own (mode, sweep dir, launcher) stay behind
-_RANK_HYDRA_OVERRIDES = ("hydra.job_logging", "hydra/job_logging", "hydra.hydra_logging", "hydra/hydra_logging",
-                         "hydra.verbose")
+# hydra group choices the ranks repeat (logging set-up); the values of the logging nodes are in the job's config file
+_RANK_HYDRA_GROUPS = ("hydra/job_logging=", "hydra/hydra_logging=")
+RANK_CONFIG = "job_config"
+
+
+def write_rank_config(cfg: DictConfig, job_dir: Path) -> Path:
+    """Write this multirun job's composed config for its ranks: ``<job>/ranks/job_config.yaml``.
+
+    The task config as the job composed it (unresolved: each rank resolves ``${hydra:...}``, its rank suffix and so
+    on itself), whatever the job was composed from (``--config-dir`` / ``--config-path`` / ``--config-name``,
+    ``hydra.searchpath``, experiments of the user's own), plus the hydra settings a plain run in the job's folder
+    needs: ``mode: RUN`` (also over a sweep preset's ``MULTIRUN``), ``run.dir`` = the job's folder,
+    ``output_subdir: null`` (the sweep wrote the job's ``.hydra/``), the job's name and logging. ``hydra.job.env_set``
+    reaches the ranks as the job's environment, which they inherit.
+    """
+    hc = _hydra_config()
+    node = OmegaConf.to_container(cfg, resolve=False)
+    node["hydra"] = {"mode": "RUN", "run": {"dir": str(job_dir)}, "output_subdir": None,
+                     "job": {"name": str(hc.job.name), "chdir": hc.job.chdir},
+                     "job_logging": OmegaConf.to_container(hc.job_logging, resolve=False),
+                     "hydra_logging": OmegaConf.to_container(hc.hydra_logging, resolve=False),
+                     "verbose": OmegaConf.to_container(OmegaConf.create({"v": hc.verbose}))["v"]}
+    path = job_dir / "ranks" / f"{RANK_CONFIG}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(node), path)
+    return path
 
 
 def rank_command(module: str, job_dir: Path) -> list[str]:
-    """Arguments after ``python`` of one rank of this multirun job: the job's overrides as a plain run in its folder.
-
-    ``hydra.mode=RUN`` also overrides a sweep preset's ``hydra.mode: MULTIRUN``; ``hydra.output_subdir=null`` keeps
-    the ranks from rewriting the job's ``.hydra/`` (the sweep wrote it).
-    """
+    """Arguments after ``python`` of one rank of this multirun job: the job's composed config
+    (:func:`write_rank_config`) as a plain run in its folder, through Hydra's own command line."""
     hc = _hydra_config()
-    task = list(hc.overrides.task)
-    extra = [o for o in hc.overrides.hydra if o.lstrip("+~").startswith(_RANK_HYDRA_OVERRIDES)]
-    return ["-m", module, *task, *extra, "hydra.mode=RUN", f"hydra.run.dir={_quote(str(job_dir))}",
-            "hydra.output_subdir=null"]
+    groups = [o for o in hc.overrides.hydra if o.lstrip("+~").startswith(_RANK_HYDRA_GROUPS)]
+    return ["-m", module, f"--config-dir={job_dir / 'ranks'}", f"--config-name={RANK_CONFIG}", *groups]
 
 
 @contextlib.contextmanager
@@ -274,7 +305,7 @@ def _launcher_sandbox(env: Mapping[str, str]) -> Iterator[None]:
     installs its own for SIGTERM / SIGINT / SIGHUP / SIGQUIT and leaves them)."""
     sigs = [getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, n)]
     handlers = {s: signal.getsignal(s) for s in sigs}
-    keys = [*env, "TORCHELASTIC_SIGNALS_TO_HANDLE"]
+    keys = [*env, "TORCHELASTIC_SIGNALS_TO_HANDLE"]  # set by torch's agent
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(env)
     try:
@@ -312,8 +343,9 @@ def launch_job_processes(nprocs: int, module: str, job_dir: Path) -> None:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=run_id, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
                           logs_specs=DefaultLogsSpecs(log_dir=str(job_dir / "ranks"), tee=Std.ALL))
-    # the ranks' W&B run is this sweep job's, not a plain run's
-    env = {"BAPOSE_RUN_NAME": blog.run_name() or "", "BAPOSE_RUN_GROUP": blog.run_group() or ""}
+    # the ranks' W&B run is this sweep job's, not a plain run's; their overrides are the job's
+    env = {"BAPOSE_RUN_NAME": blog.run_name() or "", "BAPOSE_RUN_GROUP": blog.run_group() or "",
+           "BAPOSE_TASK_OVERRIDES": json.dumps(blog.task_overrides())}
     args = rank_command(module, job_dir)
     log.info("multirun job %s: starting %d processes (torch elastic launch): %s %s", job_dir.name, nprocs,
              sys.executable, " ".join(args))
@@ -331,14 +363,6 @@ def launch_job_processes(nprocs: int, module: str, job_dir: Path) -> None:
         raise JobProcessesFailed(f"{'; '.join(parts)} (per-rank output in '{job_dir / 'ranks'}')") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | None:
     """``cfg.optimized_metric`` of a finished run, for sweepers (None when missing or not finite)."""
     name = cfg.get("optimized_metric")
@@ -351,7 +375,7 @@ def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | Non
 def _record_failure(out_dir: Path, overrides: list[str], err: BaseException, task: str) -> None:
     """Mark a run folder failed unless its own rank 0 already did (its line is the precise one)."""
     path = out_dir / blog.STATUS_FILE
-    info = _read_json(path)
+    info = blog.read_json(path)
     if info.get("status") == "failed":
         return
     info.update({"status": "failed", "task": info.get("task", task), "overrides": info.get("overrides", overrides),
@@ -374,7 +398,7 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
     Returns ``cfg.optimized_metric`` of the run for sweepers, or ``None``.
     """
     hc = _hydra_config()
-    overrides = list(hc.overrides.task) if hc is not None else []
+    overrides = blog.task_overrides()
     out_dir = Path(cfg.paths.output_dir)
     sweep = is_sweep_job()
     job = f"{hc.job.num}" if sweep else ""
@@ -385,8 +409,9 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
             blog.write_json(out_dir / blog.STATUS_FILE, {"status": "running", "task": task_name,
                                                          "overrides": overrides, "launcher": "torch elastic",
                                                          "processes": nprocs})
+            write_rank_config(cfg, out_dir)
             launch_job_processes(nprocs, module, out_dir)
-            return optimized_metric(cfg, _read_json(out_dir / "metrics.json"))
+            return optimized_metric(cfg, blog.read_json(out_dir / "metrics.json"))
         with blog.run_status(out_dir, task_name, overrides, write=blog.process_rank() == 0) as status:
             metrics = task(cfg) if sweep else exit_on_error(prog, lambda: task(cfg))
             status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -432,7 +457,7 @@ class SweepSummary(Callback):
             # a reused sweep folder keeps older jobs: count this sweep's only (1 s of clock slack)
             if path.stat().st_mtime < self._started - 1.0:
                 continue
-            info = _read_json(path)
+            info = blog.read_json(path)
             jobs.append({"job": str(path.parent.relative_to(sweep_dir)), "status": info.get("status", "unknown"),
                          "error": info.get("error"), "overrides": info.get("overrides", [])})
         if not jobs:

@@ -2,19 +2,27 @@
 
 Importing this module registers the resolvers used by ``conf/logger/wandb.yaml``:
 
-* ``${bapose.wandb_offline:}`` — ``False`` when ``WANDB_MODE=online`` or the user is logged in (``WANDB_API_KEY`` or
-  an ``api.wandb.ai`` entry in ``~/.netrc``, which is where ``wandb login`` stores the key); ``True`` otherwise, and
-  whenever ``WANDB_MODE`` is ``offline`` / ``dryrun`` / ``disabled``. Runs never block on a network that is not there.
+* ``${bapose.wandb_offline:}`` — ``False`` when ``WANDB_MODE=online`` or W&B's own credential lookup finds a key
+  (``wandb.login(verify=False, prompt=False)``: ``WANDB_API_KEY``, W&B's settings file, ``~/.netrc``, where
+  ``wandb login`` stores it); ``True`` otherwise, and whenever ``WANDB_MODE`` is ``offline`` / ``dryrun`` /
+  ``disabled`` (``disabled``: no W&B run at all, see :func:`wandb_mode`). Runs never block on a network that is not
+  there.
 * ``${bapose.run_group:}`` — the sweep folder name in a Hydra multirun (all jobs of a sweep share a W&B group).
 * ``${bapose.run_name:}`` — the run folder's name for a single run, ``<job num>-<overrides>`` for a multirun job.
-* ``${bapose.run_id:<run_id>}`` — the name of a single run's folder (``hydra.run.dir``), the same in every process of
-  the run: the explicit ``run_id``; else ``slurm-<job id>[_<array task>]-<hash of the overrides>`` under SLURM (a
-  requeued job comes back to its folder); else ``torchrun-<rendezvous id>`` under torchrun; else a timestamp.
+* ``${bapose.run_id:<run_id>,<runs folder>}`` — the name of a single run's folder (``hydra.run.dir``), the same in
+  every process of the run: the explicit ``run_id``; else ``slurm-<job id>[_<array task>]-<hash of the overrides>``
+  in a SLURM batch job (a requeued job comes back to its folder; an interactive allocation is not one); else
+  ``torchrun-<rendezvous id>`` under torchrun; else a timestamp that no other run folder has.
 * ``${bapose.rank_suffix:}`` — ``""`` on global rank 0, ``_rank<N>`` in the other processes (per-rank log files);
   ``${bapose.on_rank_zero:x}`` — ``x`` on rank 0, ``None`` elsewhere.
 
 The processes a multirun job launches for itself (``bapose.training.runs``) get their W&B name and group through the
-``BAPOSE_RUN_NAME`` / ``BAPOSE_RUN_GROUP`` environment variables, which take precedence.
+``BAPOSE_RUN_NAME`` / ``BAPOSE_RUN_GROUP`` environment variables, which take precedence, and the job's overrides
+through ``BAPOSE_TASK_OVERRIDES`` (:func:`task_overrides`).
+
+A run folder's ``run.json`` (:func:`create_run_record`) is the run's own record across attempts: its W&B run id,
+the training config it was started with (``bapose.training.runs.begin_run`` compares a restart against it) and, once
+it finished, at which epoch and step.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import hashlib
 import json
 import logging
 import math
-import netrc
 import os
 import re
 import socket
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,20 +47,42 @@ from omegaconf import OmegaConf
 log = logging.getLogger("bapose")
 
 
-def wandb_offline() -> bool:
-    """Whether W&B should log offline (see module docstring)."""
+def wandb_mode() -> str:
+    """How this run uses W&B: ``"disabled"`` (``WANDB_MODE=disabled``: no W&B run, no ``wandb/`` folder),
+    ``"offline"`` (``WANDB_MODE=offline|dryrun``, or no credentials), or ``"online"`` (``WANDB_MODE=online``, or W&B's
+    own credential lookup finds a key).
+
+    Raises:
+        ConfigError: W&B found credentials it rejects (e.g. a truncated key in ``~/.netrc``).
+    """
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if mode == "online":
-        return False
-    if mode in ("offline", "dryrun", "disabled"):
-        return True
-    if os.environ.get("WANDB_API_KEY"):
-        return False
+    if mode == "disabled":
+        return "disabled"
+    if mode in ("offline", "dryrun"):
+        return "offline"
+    if mode:  # online, shared, run
+        return "online"
+    return "online" if _wandb_has_credentials() else "offline"
+
+
+def _wandb_has_credentials() -> bool:
+    """W&B's own lookup (the order ``wandb.init`` uses), without a prompt and without asking the server."""
+    import wandb
+    from wandb.errors import AuthenticationError
+
+    from bapose.errors import ConfigError
+
     try:
-        path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-        return netrc.netrc(path).authenticators("api.wandb.ai") is None
-    except (OSError, netrc.NetrcParseError):
-        return True
+        return bool(wandb.login(verify=False, prompt=False))
+    except AuthenticationError as err:
+        raise ConfigError(f"W&B credentials: {err}; expected a valid API key (`wandb login --relogin`), or "
+                          f"WANDB_MODE=offline to log offline") from None
+
+
+def wandb_offline() -> bool:
+    """Whether W&B should log offline (see module docstring; ``disabled`` counts as offline here: the logger factory
+    ``bapose.utils.wandb.wandb_logger`` builds no logger at all then)."""
+    return wandb_mode() != "online"
 
 
 def _hydra_cfg() -> Any:
@@ -129,8 +160,34 @@ def _overrides_hash() -> str:
     return hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:6]
 
 
-def run_folder_name(run_id: Any = None) -> str:
+def slurm_batch_job() -> str | None:
+    """``<job id>[_<array task>]`` of the SLURM batch job this process runs in (sbatch, submitit), ``None`` outside
+    SLURM and in an interactive allocation (``salloc``, ``srun --pty bash``, a Jupyter server on a node: job name
+    ``bash`` or ``interactive``, which Lightning's ``SLURMEnvironment`` does not treat as a SLURM job either)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if not job or SLURMEnvironment.job_name() in ("bash", "interactive"):
+        return None
+    task = os.environ.get("SLURM_ARRAY_TASK_ID") if os.environ.get("SLURM_ARRAY_JOB_ID") else None
+    return f"{job}{f'_{task}' if task else ''}"
+
+
+def _free_stamp(parent: Any) -> str:
+    """A timestamp folder name that no folder in ``parent`` has yet (two runs started in the same second)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if parent in (None, "", "null"):
+        return stamp
+    name, n = stamp, 1
+    while (Path(str(parent)) / name).exists():
+        n += 1
+        name = f"{stamp}_{n}"
+    return name
+
+
+def run_folder_name(run_id: Any = None, parent: Any = None) -> str:
     """The folder name of a single run (see the module docstring); every process of the run computes the same one.
+    ``parent`` is the folder the run folders live in (a timestamp already taken there gets a ``_<n>`` suffix).
 
     Raises:
         ConfigError: under torchrun with a static rendezvous (``TORCHELASTIC_RUN_ID=none``) and no ``run_id``: each
@@ -143,10 +200,9 @@ def run_folder_name(run_id: Any = None) -> str:
         if not name:
             raise ConfigError(f"field 'run_id' is {run_id!r}; expected letters, digits, '.', '_' or '-'")
         return name
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    job = slurm_batch_job()
     if job:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID") if os.environ.get("SLURM_ARRAY_JOB_ID") else None
-        return f"slurm-{job}{f'_{task}' if task else ''}-{_overrides_hash()}"
+        return f"slurm-{job}-{_overrides_hash()}"
     elastic = os.environ.get("TORCHELASTIC_RUN_ID")
     if elastic and elastic != "none":
         return "torchrun-" + _UNSAFE.sub("-", elastic)
@@ -154,7 +210,17 @@ def run_folder_name(run_id: Any = None) -> str:
         raise ConfigError("this process was started by a multi-process launcher (torchrun with a static rendezvous) "
                           "without a run identity; expected run_id=<name> (or torchrun --rdzv-id / --standalone) so "
                           "that every rank writes into the same run folder")
-    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return _free_stamp(parent)
+
+
+def task_overrides() -> list[str]:
+    """The overrides of this run or multirun job: ``BAPOSE_TASK_OVERRIDES`` (json, set for the processes a multirun
+    job launches for itself), else Hydra's ``overrides.task``; ``[]`` outside Hydra."""
+    env = os.environ.get("BAPOSE_TASK_OVERRIDES")
+    if env:
+        return list(json.loads(env))
+    hc = _hydra_cfg()
+    return list(hc.overrides.task) if hc is not None else []
 
 
 def register_resolvers() -> None:
@@ -193,6 +259,15 @@ def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
     return "\n".join(x for x in (title, line, head, vals, line) if x)
 
 
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A json object file as a dict; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented json via a temp file + rename (readers never see half a file)."""
     path = Path(path)
@@ -203,14 +278,17 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return path
 
 
-def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False) -> None:
+def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False, preempted: str | None = None) -> None:
     """Flush every logger and end the W&B run, so the next multirun job starts its own run (not a resumed one).
 
     ``failed=True`` finishes the W&B run with exit code 1: W&B shows it as *failed*, not *finished*.
+    ``preempted`` (why: ``"SIGTERM"``, ``"SIGUSR2"``, ...): this attempt ends so that a requeued or restarted one
+    goes on; the W&B run is marked preempting first (``Run.mark_preempting``), which W&B shows as *preempted* rather
+    than *failed* when the attempt then ends with a non-zero code, and the next attempt resumes the same W&B run.
     """
     for lg in loggers:
         try:
-            lg.finalize("failed" if failed else "success")
+            lg.finalize("failed" if failed or preempted else "success")
         except Exception as e:  # noqa: BLE001 - teardown must not hide the run's own result
             log.warning("logger %s failed to finalize: %s", type(lg).__name__, e)
     try:
@@ -218,7 +296,73 @@ def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False) -> None:
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=1 if failed or preempted else 0)
+
+
+class RunPreempted(SystemExit):
+    """A run ended early for a requeue or a restart (a signal), not because it failed: ``status.json`` says
+    ``preempted``; the exit code is the one the launcher expects (submitit's requeue code, or 128 + the signal)."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(code)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------------- run record
+RUN_RECORD = "run.json"
+
+
+def read_run_record(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``<out_dir>/run.json`` (``{}`` when there is none yet). A reader racing the atomic create retries briefly."""
+    path = Path(out_dir) / RUN_RECORD
+    for _ in range(50):
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except ValueError:  # a writer without hard links (see create_run_record) is half-way through
+            time.sleep(0.02)
+    return {}
+
+
+def new_run_record(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh record: a new W&B run id (12 lowercase hex characters), the start time, the identity ``config``."""
+    return {"wandb_id": uuid.uuid4().hex[:12], "started": _now(), "config": dict(config)}
+
+
+def create_run_record(out_dir: str | os.PathLike, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run folder's record, created at the first start of the run if it has none: every rank and every later
+    attempt reads the same file (the first writer wins: a hard link of a complete temp file, so nobody reads half a
+    record). Returns what the file holds."""
+    path = Path(out_dir) / RUN_RECORD
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps(new_run_record(config), indent=2, sort_keys=True, default=str) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: exclusive create
+            with contextlib.suppress(FileExistsError), open(path, "x", encoding="utf-8") as f:
+                f.write(tmp.read_text())
+        finally:
+            tmp.unlink(missing_ok=True)
+    return read_run_record(out_dir)
+
+
+def write_run_record(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Replace the run folder's record (rank 0: a fresh start, or the end of a run)."""
+    return write_json(Path(out_dir) / RUN_RECORD, dict(record))
+
+
+def run_wandb_id(out_dir: str | os.PathLike) -> str:
+    """The W&B run id of the run in ``out_dir`` (its ``run.json``; created with an empty config when missing)."""
+    record = read_run_record(out_dir) or create_run_record(out_dir, {})
+    return str(record["wandb_id"])
 
 
 STATUS_FILE = "status.json"
@@ -250,7 +394,8 @@ def run_status(out_dir: str | os.PathLike, task: str, overrides: Iterable[str] =
 
     ``{"status": "running", "task", "overrides", "started", "host", "pid"}`` at the start; on exit ``"finished"``, or
     ``"failed"`` with ``"error"`` (one line, see :func:`error_line`) and ``"error_type"`` when the body raised (the
-    exception propagates unchanged), ``"interrupted"`` on Ctrl-C; ``"ended"`` in both cases. The body may add fields to
+    exception propagates unchanged), ``"interrupted"`` on Ctrl-C, ``"preempted"`` (:class:`RunPreempted`: stopped at a
+    signal for a requeue or restart, ``"error"`` says which); ``"ended"`` in all these cases. The body may add fields to
     the yielded dict (e.g. metrics), written at the end. ``write=False`` (non-zero DDP ranks) keeps the file untouched.
     """
     path = Path(out_dir) / STATUS_FILE
@@ -262,7 +407,9 @@ def run_status(out_dir: str | os.PathLike, task: str, overrides: Iterable[str] =
         yield info
     except BaseException as err:
         # SystemExit(0)/None is a normal end (e.g. --help); anything else is a failure of this run
-        if isinstance(err, SystemExit) and err.code in (0, None):
+        if isinstance(err, RunPreempted):
+            info.update(status="preempted", error=err.reason, error_type=type(err).__name__, ended=_now())
+        elif isinstance(err, SystemExit) and err.code in (0, None):
             info.update(status="finished", ended=_now())
         else:
             info.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",

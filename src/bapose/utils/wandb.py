@@ -3,6 +3,8 @@
 * :class:`WandbLogger` is Lightning's logger with one change: ``log_model: true`` also works offline (Lightning
   refuses it there), and it means *the best checkpoint*, logged once at the end of fit as a ``model`` artifact by
   :class:`bapose.training.callbacks.WandbMedia` (offline artifacts are uploaded by ``wandb sync``).
+  :func:`wandb_logger` builds it for a run: the run folder's W&B id (one W&B run across every attempt of a run), or
+  no logger at all with ``WANDB_MODE=disabled``.
 * :func:`read_offline_run` reads what an offline run wrote, from its own files: the run record (name, group), the
   config, the summary, the history rows, the exit record and the logged artifacts. wandb keeps all of that in one
   transaction log, ``run-<id>.wandb`` (protobuf ``Record`` messages in LevelDB's log framing: 32 KiB blocks of
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,8 +26,11 @@ from typing import Any
 from lightning.pytorch.loggers.wandb import WandbLogger as _LightningWandbLogger
 
 from bapose.errors import ConfigError, DataError
+from bapose.utils.logging import run_wandb_id, wandb_mode
 
-__all__ = ["OfflineRun", "WandbLogger", "find_offline_runs", "find_wandb_logger", "read_offline_run"]
+__all__ = ["OfflineRun", "WandbLogger", "find_offline_runs", "find_wandb_logger", "read_offline_run", "wandb_logger"]
+
+log = logging.getLogger("bapose")
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -43,6 +49,25 @@ class WandbLogger(_LightningWandbLogger):
                               f"checkpoint as a W&B artifact at the end of fit) or false")
         super().__init__(*args, log_model=False, **kwargs)
         self.log_best_model = log_model
+
+
+def wandb_logger(save_dir: str, id: str | None = None, **kwargs: Any) -> WandbLogger | None:  # noqa: A002
+    """The W&B logger of the run in ``save_dir`` (``conf/logger/wandb.yaml``), or ``None`` with
+    ``WANDB_MODE=disabled`` (no W&B run, nothing written).
+
+    One W&B run per bapose run: ``id`` defaults to the run folder's W&B id (``run.json``, made at the first start and
+    read by every later attempt and every rank, ``bapose.utils.logging.run_wandb_id``); with ``resume="allow"``
+    a requeued or restarted attempt continues that W&B run instead of opening a new one with the same name.
+
+    Args:
+        save_dir: the run folder (W&B writes ``wandb/`` there).
+        id: an explicit W&B run id instead of the run folder's.
+        **kwargs: :class:`WandbLogger` arguments.
+    """
+    if wandb_mode() == "disabled":
+        log.info("WANDB_MODE=disabled: no W&B run")
+        return None
+    return WandbLogger(save_dir=save_dir, id=id or run_wandb_id(save_dir), **kwargs)
 
 
 def find_wandb_logger(trainer: Any) -> _LightningWandbLogger | None:
