@@ -19,7 +19,8 @@ from bapose.codecs import BAPoseCodec
 from bapose.data.metadata import DatasetMeta
 from bapose.utils.bench import machine, write_section
 
-DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"}
+# conf/codec/dekr.yaml
+DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr", "heatmap_window": "dekr"}
 
 
 def people(n: int, size: int, k: int, rng: np.random.Generator, spread: float | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from bapose.errors import ConfigError
 
 META = DatasetMeta.coco()
 K = META.num_keypoints
-DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"}
+DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr", "heatmap_window": "dekr"}
 SIZE = (256, 256)
 
 

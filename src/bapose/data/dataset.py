@@ -39,8 +39,9 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 class KeypointEncoder(Protocol):
     """What the dataset needs of ``bapose.codecs.BAPoseCodec``."""
 
-    def encode(self, keypoints: np.ndarray, areas: np.ndarray,
-               ignore_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+    def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
+               image_size: tuple[int, int] | None = None,
+               valid_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def _main_process_rank() -> int:
@@ -436,7 +437,8 @@ class CocoKeypointDataset(Dataset):
             raise DataError(f"{where(self._image_path(image_id))}: image is {image.shape[1]}x{image.shape[0]} but "
                             f"{where(self.ann_file, 'images')} says {mask.shape[1]}x{mask.shape[0]} (width x height)")
         out = self.transform(image, keypoints, areas, mask, rng=self._rng())
-        targets = self.codec.encode(out["keypoints"], out["areas"], out["ignore_mask"])
+        # the small-person rule reads the annotation's own area (DEKR: obj['area'] < 32**2), not the augmented one
+        targets = self.codec.encode(out["keypoints"], areas, out["ignore_mask"], valid_mask=out["valid_mask"])
         # a (3, S, S) view, not a copy: the collate's stack makes the one contiguous copy of the batch
         sample = {"image": torch.from_numpy(out["image"]).permute(2, 0, 1)}
         for name in ("heatmaps", "heatmap_weights", "offsets", "offset_weights"):

@@ -1,0 +1,165 @@
+"""Who regresses which grid pixel, and where each centre sits: the crowd rules of the codec as pure numpy functions.
+
+- :func:`dekr_joint_owners` is DEKR's ``OffsetGenerator`` (HRNet/DEKR 7a30313,
+  ``lib/dataset/target_generators/target_generators.py``): ownership per joint channel, the smaller person wins.
+- :func:`person_owners` gives whole pixels to one person (``center_first``, ``nearest_center``).
+- :func:`place_centers` moves centres that another centre's peak would hide from center NMS (``nearest_free``).
+
+Coordinates are output-grid pixels; people are indexed as in the codec's ``keypoints``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# What encode did with each person's center (``Layout.status``), by index.
+CENTER_STATUS = ("ok", "snapped", "moved", "small", "outside", "blocked")
+OK, SNAPPED, MOVED, SMALL, OUTSIDE, BLOCKED = range(len(CENTER_STATUS))
+# a center pixel must beat every other person's center Gaussian in its NMS window by this much: float32 rounding of
+# the splatted map cannot turn the order, and a near-tie is relocated rather than left to chance
+PEAK_MARGIN = 1e-3
+
+
+def dekr_joint_owners(grid: np.ndarray, labelled: np.ndarray, origin: np.ndarray, eligible: np.ndarray,
+                      sizes: np.ndarray, grid_hw: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """DEKR's ``OffsetGenerator`` ownership, joint channel by joint channel.
+
+    People are visited in order; person ``p`` offers each labelled joint ``k`` that lies on the map (``0 <= g <
+    size``; the others are skipped) to the pixels ``[o - r, o + r)`` of its square (``o = int(origin)``, clipped to
+    the map). A pixel's channel ``k`` takes the offer when it holds no offset yet (DEKR tests the stored vector
+    against (0, 0)) or when the last person to write *any* channel of that pixel (DEKR's ``area_map``) is not
+    smaller than ``p``. Within one person the channels are visited in joint order, so once ``p`` wrote one channel
+    of a pixel it takes every later one: one vectorised step per person.
+
+    Args:
+        grid: ``(N, K, 2)`` joints; labelled: ``(N, K)``; origin: ``(N, 2)`` where each square is anchored (the
+            centre, truncated toward zero as DEKR's ``int``); eligible: ``(N,)`` people that regress offsets at all
+            (DEKR: centre row labelled and ``int(centre)`` on the map); sizes: ``(N,)`` what "smaller" compares
+            (DEKR: its ``area``; ours: the labelled-joint box diagonal).
+
+    Returns:
+        ``joint_owner (K, h, w)`` int64 (-1: none) and ``last (h, w)`` int64, the last person to write any channel
+        of each pixel (DEKR's ``area_map``, as a person index).
+    """
+    n, k = labelled.shape
+    h, w = grid_hw
+    joint_owner = np.full((k, h, w), -1, np.int64)
+    last = np.full((h, w), -1, np.int64)
+    # what DEKR's test reads: the stored vector of each channel, in float32 as its map holds it
+    stored = np.zeros((k, 2, h, w), np.float32)
+    last_size = np.zeros((h, w), np.float64)
+    on = labelled & (grid[..., 0] >= 0) & (grid[..., 0] < w) & (grid[..., 1] >= 0) & (grid[..., 1] < h)
+    ox = np.trunc(np.nan_to_num(origin[:, 0], nan=-1.0)).astype(np.int64)
+    oy = np.trunc(np.nan_to_num(origin[:, 1], nan=-1.0)).astype(np.int64)
+    for p in np.nonzero(eligible & on.any(1))[0]:  # a loop over people; each step is vectorised over its square
+        x0, x1, y0, y1 = max(ox[p] - radius, 0), min(ox[p] + radius, w), max(oy[p] - radius, 0), min(oy[p] + radius, h)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        joints = np.nonzero(on[p])[0]
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        new = np.stack([grid[p, joints, 0, None, None] - xs, grid[p, joints, 1, None, None] - ys], 1)
+        new = new.astype(np.float32)  # (J, 2, sh, sw)
+        old = stored[joints, :, y0:y1, x0:x1]
+        unset = ~(old != 0).any(1)  # (J, sh, sw)
+        write = (last_size[y0:y1, x0:x1] >= sizes[p])[None] | (np.cumsum(unset, 0) > 0)
+        stored[joints, :, y0:y1, x0:x1] = np.where(write[:, None], new, old)
+        block = joint_owner[joints, y0:y1, x0:x1]
+        joint_owner[joints, y0:y1, x0:x1] = np.where(write, p, block)
+        wrote = write.any(0)
+        last[y0:y1, x0:x1][wrote] = p
+        last_size[y0:y1, x0:x1][wrote] = sizes[p]
+    return joint_owner, last
+
+
+def person_owners(order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, size: np.ndarray,
+                  grid_hw: tuple[int, int], radius: int, rule: str) -> np.ndarray:
+    """``(h, w)`` int64: the one person whose offsets each grid pixel carries (-1: none).
+
+    Each person of ``order`` (largest first) bids for the ``(2r+1)^2`` square around their center ``pixel`` with a
+    key (lower wins, compared as (primary, secondary); an equal key goes to the later bidder):
+    ``center_first``: own center pixel (-inf, size), else (size, -); ``nearest_center``: own center pixel
+    (-inf, size), else (squared distance to the center ``peak``, size); any other rule: (size, -).
+    """
+    h, w = grid_hw
+    owner = np.full((h, w), -1, np.int64)
+    if not len(order):
+        return owner
+    best = np.full((2, h, w), np.inf)
+    r = radius
+    own_first = rule in ("center_first", "nearest_center")
+    for i in order:  # a loop over people, each bid vectorised over its square
+        cx, cy = pixel[i]
+        x0, x1, y0, y1 = max(cx - r, 0), min(cx + r + 1, w), max(cy - r, 0), min(cy + r + 1, h)
+        if rule == "nearest_center":
+            xs, ys = np.arange(x0, x1) - peak[i, 0], np.arange(y0, y1) - peak[i, 1]
+            primary = ys[:, None] ** 2 + xs[None, :] ** 2
+        else:
+            primary = np.full((y1 - y0, x1 - x0), size[i])
+        if own_first:
+            primary[cy - y0, cx - x0] = -np.inf
+        secondary = size[i] if own_first else 0.0
+        b = best[:, y0:y1, x0:x1]
+        take = (primary < b[0]) | ((primary == b[0]) & (secondary <= b[1]))
+        b[0][take], b[1][take] = primary[take], secondary
+        owner[y0:y1, x0:x1][take] = i
+    return owner
+
+
+def place_centers(order: np.ndarray, center: np.ndarray, ci: np.ndarray, grid_hw: tuple[int, int],
+                  peak: np.ndarray, pixel: np.ndarray, status: np.ndarray, nms_radius: int, sigma: float,
+                  search_radius: int) -> np.ndarray:
+    """``center_collision=nearest_free``: give every person a center peak that survives center NMS.
+
+    A pixel ``q`` with Gaussian centre ``c`` is free when, in the merged center map, ``q`` beats every placed
+    person's Gaussian inside its NMS window (half-side ``nms_radius``) and ``c`` does not beat any placed person at
+    their own pixel inside theirs (a Gaussian is strongest at the window pixel nearest its centre, so one value per
+    pair decides). People whose natural center clashes with nobody keep it; the others are placed after them, in
+    ``order`` (larger first), each on the first free candidate: the natural pixel with the sub-pixel Gaussian, then
+    pixels by distance to the center (within ``search_radius``) with the Gaussian on the pixel. Updates ``peak``,
+    ``pixel``, ``status`` in place; returns ``order`` restricted to the people that got a center.
+    """
+    h, w = grid_hw
+    r = nms_radius
+    two_s2 = 2.0 * sigma**2
+    limit = np.array([w - 1, h - 1])
+
+    def own(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C,) each Gaussian at its own pixel
+        return np.exp(-((pix - cen) ** 2).sum(-1) / two_s2)
+
+    def strongest(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C, P): Gaussian p inside window(c)
+        near = np.clip(np.round(cen)[None], np.maximum(pix - r, 0)[:, None], np.minimum(pix + r, limit)[:, None])
+        return np.exp(-((near - cen[None]) ** 2).sum(-1) / two_s2)
+
+    # all natural centers at once: most people clash with nobody (one vectorised test, no loop)
+    pix0, cen0 = ci[order], center[order]
+    val0 = own(pix0, cen0)
+    threat = strongest(pix0, cen0)  # [i, j]: j's Gaussian inside i's window
+    np.fill_diagonal(threat, -np.inf)
+    clash = threat + PEAK_MARGIN >= val0[:, None]
+    clash = clash.any(1) | clash.any(0)
+    placed_pix, placed_peak, placed_val = pix0[~clash], cen0[~clash], val0[~clash]
+
+    d = np.arange(-search_radius, search_radius + 1)
+    square = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)  # (S, 2) (dx, dy)
+    for i in order[clash]:
+        cand = np.concatenate([ci[i][None], ci[i] + square])
+        cand = cand[((cand >= 0) & (cand <= limit)).all(1)]
+        dist = ((cand[1:] - center[i]) ** 2).sum(-1)
+        cand = np.concatenate([cand[:1], cand[1:][np.argsort(dist, kind="stable")]])
+        cen = cand.astype(np.float64)
+        cen[0] = center[i]  # the natural pixel first, with the sub-pixel Gaussian; then on pixels
+        val = own(cand, cen)
+        free = (val > strongest(cand, placed_peak).max(1, initial=-np.inf) + PEAK_MARGIN) \
+            & (strongest(placed_pix, cen).T + PEAK_MARGIN < placed_val[None]).all(1)
+        hit = np.nonzero(free)[0]
+        if not len(hit):
+            status[i], peak[i], pixel[i] = BLOCKED, np.nan, -1
+            continue
+        j = hit[0]
+        if j > 0:
+            status[i] = SNAPPED if (cand[j] == ci[i]).all() else MOVED
+        peak[i], pixel[i] = cen[j], cand[j]
+        placed_pix = np.concatenate([placed_pix, cand[j:j + 1]])
+        placed_peak = np.concatenate([placed_peak, cen[j:j + 1]])
+        placed_val = np.append(placed_val, val[j])
+    return order[pixel[order, 0] >= 0]
