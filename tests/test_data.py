@@ -336,3 +336,72 @@ def test_min_center_diagonal_drops_people_below_mmposes_cutoff() -> None:
     assert t["heatmaps"][-1, g0[1], g0[0]] < 0.05 and t["heatmaps"][-1].max() > 0.99  # ... its center is not
     # without the cutoff the one-joint-wide person weighs 1 (the clamp), 6x a 6-px person
     assert BAPoseCodec(SIZE, min_center_area=0).encode(kp, np.full(3, 1e4))["offset_weights"].max() == 1.0
+
+
+def _with_orientation(path: Path, stored: np.ndarray, tag: int) -> Path:
+    """Write ``stored`` (RGB) with the EXIF Orientation ``tag`` (PIL writes the tag; the pixels stay as given)."""
+    from PIL import Image
+
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = tag
+    im.save(path, exif=exif.tobytes(), **({"quality": 95} if path.suffix == ".jpg" else {}))
+    return path
+
+
+@pytest.mark.parametrize("tag", range(2, 9))
+def test_exif_orientation_is_applied_exactly_as_opencv_applies_it(tmp_path: Path, tag: int) -> None:
+    import cv2
+
+    from bapose.cli.predict import read_image as predict_read_image
+
+    stored = np.random.default_rng(tag).integers(0, 255, (40, 80, 3), dtype=np.uint8)
+    path = _with_orientation(tmp_path / f"o{tag}.png", stored, tag)  # PNG: lossless, so exact
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # OpenCV's own EXIF handling
+    np.testing.assert_array_equal(read_image(path), stored)  # no declared size: the stored frame (DEKR)
+    np.testing.assert_array_equal(read_image(path, default="exif"), shown)
+    np.testing.assert_array_equal(read_image(path, size=stored.shape[:2]), stored)  # the json's frame wins
+    if shown.shape != stored.shape:  # a 90-degree tag: the declared size tells the frames apart
+        np.testing.assert_array_equal(read_image(path, size=shown.shape[:2]), shown)
+    # bapose-predict: the same rule with ann_file's size, the image as shown without one
+    np.testing.assert_array_equal(predict_read_image(path), shown)
+    np.testing.assert_array_equal(predict_read_image(path, size=stored.shape[:2]), stored)
+
+
+@pytest.mark.parametrize("frame", ["stored", "shown"])
+def test_exif_rotated_jpeg_with_a_crowd_mask_trains_in_its_annotations_frame(tmp_path: Path, frame: str) -> None:
+    """A phone photo: a 128 x 64 JPEG stored sideways with Orientation 6. Its json declares either the stored size
+    (COCO's frame) or the shown one; image, crowd mask and keypoints come out in that frame and the run goes on
+    under on_bad_sample=raise (issue 19 item 10: it used to end with a DataError). A declared size that fits
+    neither frame is still an error naming the file."""
+    import cv2
+
+    stored = np.full((64, 128, 3), 40, np.uint8)
+    stored[8:28, 90:120] = 230  # the crowd region, bright, in the stored frame
+    path = _with_orientation(tmp_path / "a.jpg", stored, 6)
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert shown.shape == (128, 64, 3)
+    if frame == "stored":
+        (h, w), box, person = (64, 128), (90, 8, 30, 20), (30.0, 40.0)
+    else:  # the same region and person, rotated 90 degrees clockwise: (x, y) -> (h - 1 - y, x)
+        (h, w), box, person = (128, 64), (64 - 28, 90, 20, 30), (64 - 1 - 40.0, 30.0)
+    ann = _one_image_json(tmp_path, (h, w), [(_figure(*person, 4.0), 2000.0)], crowd_box=box)
+    _with_orientation(tmp_path / "a.jpg", stored, 6)  # _one_image_json wrote a plain image; put the photo back
+    ds = CocoKeypointDataset(ann, tmp_path, codec=BAPoseCodec(SIZE, min_center_area=0), train=True,
+                             input_size=SIZE, transform=_fixed(1.0), on_bad_sample="raise")
+    image = read_image(tmp_path / "a.jpg", ds._declared_size(1))
+    assert image.shape[:2] == (h, w)
+    s = ds[0]  # no DataError: mask and image agree
+    ignored = (s["heatmap_weights"].numpy() == 0).all(0)  # the crowd cells
+    bright = s["image"].numpy().mean(0).reshape(32, 4, 32, 4).mean((1, 3)) > 135
+    assert ignored.sum() >= 10 and (ignored <= bright).all()  # the masked cells are the bright region's
+    ev = CocoKeypointDataset(ann, tmp_path, train=False, input_size=SIZE)
+    assert tuple(ev[0]["orig_size"].tolist()) == (h, w)  # evaluation reads the same frame
+    # a declared size that is neither frame: the mask cannot be placed, the error names the file
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=50, height=50)
+    data["annotations"][-1]["segmentation"] = [[10, 10, 20, 10, 20, 20, 10, 20]]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="a.jpg"):
+        CocoKeypointDataset(ann, tmp_path, codec=BAPoseCodec(SIZE, min_center_area=0), train=True,
+                            input_size=SIZE, transform=_fixed(1.0))[0]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import glob
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
+from bapose.data.dataset import exif_orientation, orient_image
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError, exit_on_error
 from bapose.evaluation import to_coco_results
@@ -71,13 +72,18 @@ class Frame:
     index: int
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """RGB uint8 ``(H, W, 3)``, or None when the file cannot be decoded (corrupt or not an image)."""
+def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """RGB uint8 ``(H, W, 3)``, or None when the file cannot be decoded (corrupt or not an image).
+
+    Oriented as the datasets orient it (``bapose.data.dataset.orient_image``): ``size``, the ``(height, width)`` that
+    ``ann_file`` declares, keeps the stored pixels or applies the EXIF orientation, whichever it matches, so
+    results.json is in the frame of the annotations; without one the image as shown (EXIF applied)."""
     data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths everywhere
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if image is None or image.ndim != 3 or image.size == 0:
         return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return orient_image(rgb, lambda: exif_orientation(data.tobytes()), size, default="exif")
 
 
 def _why_skipped(path: Path) -> str:
@@ -143,14 +149,15 @@ def resolve_input(text: str, recursive: bool = True) -> tuple[Path, list[Path], 
                     f"({', '.join(VIDEO_EXTENSIONS)}), a folder nor a glob")
 
 
-def iter_images(paths: Sequence[Path], root: Path | None = None,
-                skipped: dict[Path, str] | None = None) -> Iterator[Frame]:
+def iter_images(paths: Sequence[Path], root: Path | None = None, skipped: dict[Path, str] | None = None,
+                size_of: Callable[[str], tuple[int, int] | None] | None = None) -> Iterator[Frame]:
     """Decode images one at a time (``Frame.name`` relative to ``root``); a file that cannot be decoded is recorded
-    in ``skipped`` (or warned about when no dict is given) and left out."""
+    in ``skipped`` (or warned about when no dict is given) and left out. ``size_of(name)``: the declared
+    ``(height, width)`` that orients an image (:func:`read_image`)."""
     n = 0
     for p in paths:
-        image = read_image(p)
         name = p.relative_to(root).as_posix() if root is not None else p.name
+        image = read_image(p, size_of(name) if size_of is not None else None)
         if image is None:
             reason = "cannot be decoded as an image (corrupt or truncated?)"
             if skipped is None:
@@ -251,9 +258,12 @@ class AnnIds:
         gt = read_json(ann_file)
         self.file = ann_file
         self._by_suffix: dict[str, Any] = {}
+        self._sizes: dict[Any, tuple[int, int]] = {}
         ambiguous = object()
         for img in gt.get("images", []) or []:
             if isinstance(img, dict) and "file_name" in img and "id" in img:
+                if isinstance(img.get("height"), (int, float)) and isinstance(img.get("width"), (int, float)):
+                    self._sizes[img["id"]] = (int(img["height"]), int(img["width"]))
                 parts = Path(str(img["file_name"]).replace("\\", "/")).parts
                 for i in range(len(parts)):
                     key = "/".join(parts[i:])
@@ -262,6 +272,11 @@ class AnnIds:
         if not self._by_suffix:
             raise DataError(f"file '{ann_file}': field 'images' has no entries with 'file_name' and 'id'; expected a "
                             f"COCO annotation file")
+
+    def size(self, name: str) -> tuple[int, int] | None:
+        """The ``(height, width)`` the file declares for the image ``name`` (None: not in it, or not declared)."""
+        image_id = self.get(name)
+        return None if image_id is None else self._sizes.get(image_id)
 
     def get(self, name: str) -> Any:
         parts = Path(name).parts
@@ -304,6 +319,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info("bapose-predict: %s (K=%d, %s) at input size %d on %s", model.path, model.meta.num_keypoints,
              model.meta.name, model.input_size, next(model.net.parameters()).device)
 
+    ids_from_ann = AnnIds(ann_file) if ann_file else None
     capture, writer, video_path, total = None, None, None, None
     if video:
         capture = cv2.VideoCapture(str(source))
@@ -314,10 +330,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         frames: Iterator[Frame] = iter_video(source, capture)
     else:
         total = len(paths)
-        frames = iter_images(paths, root, skipped)
+        frames = iter_images(paths, root, skipped, ids_from_ann.size if ids_from_ann is not None else None)
         log.info("bapose-predict: %d images under '%s'%s", total, text, "" if recursive else " (top level only)")
-
-    ids_from_ann = AnnIds(ann_file) if ann_file else None
     draw_dir = out_dir / str(cfg.get("draw_dir", "images"))
     draw = bool(cfg.get("draw", True))
     kw = {"score_threshold": float(cfg.get("score_threshold", 0.3)),

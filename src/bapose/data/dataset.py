@@ -2,8 +2,9 @@
 
 Everything that can be wrong with the annotation file or the image folder is checked when the dataset is built, so a
 run fails before training starts with a message naming the file, annotation id and field. Per sample, the dataset
-reads the image with OpenCV, builds the ignore mask (crowd regions and people without labelled keypoints), applies
-the training augmentation and encodes the codec targets — inside the DataLoader workers.
+reads the image with OpenCV (in the orientation its annotations were made in: ``orient_image``), builds the ignore
+mask (crowd regions and people without labelled keypoints), applies the training augmentation and encodes the codec
+targets — inside the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +28,8 @@ from bapose.errors import ConfigError, DataError, check_unique_ids, where
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CocoKeypointDataset", "KeypointEncoder", "configure_worker_process", "load_coco_keypoint_json", "read_image",
+    "CocoKeypointDataset", "KeypointEncoder", "configure_worker_process", "exif_orientation", "load_coco_keypoint_json",
+    "orient_image", "read_image",
 ]
 
 _MAX_LISTED = 5  # how many missing image paths an error message names
@@ -89,9 +91,63 @@ def limit_cv2_threads_before_fork(threads: int = 1) -> None:
         cv2.setNumThreads(threads)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; a missing, empty or undecodable file raises DataError naming it."""
+# EXIF orientation (tag 0x0112) -> the array operation that shows the stored pixels upright (tags 5-8 transpose)
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+IMAGE_FRAMES = ("stored", "exif")  # read_image(default=...): the frame taken when no declared size decides
+
+
+def exif_orientation(source: str | os.PathLike | bytes) -> int:
+    """The EXIF Orientation tag (1-8) of an image file (a path or its bytes); 1 when it has none or cannot say."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)) as im:
+            tag = int(im.getexif().get(0x0112, 1))
+    except (OSError, ValueError, TypeError):
+        return 1
+    return tag if tag in _ORIENT else 1
+
+
+def orient_image(raw: np.ndarray, orientation: Callable[[], int], size: tuple[int, int] | None = None,
+                 default: str = "stored") -> np.ndarray:
+    """The orientation of an image its annotations were made in, from the stored pixels ``raw (H, W, 3)``.
+
+    Annotations (and the masks drawn from them) live in the frame whose size the json declares: ``size`` =
+    ``(height, width)`` equal to the stored pixels' keeps them as stored (COCO's frame; DEKR decodes with
+    ``IMREAD_IGNORE_ORIENTATION``); equal only to the EXIF-oriented size (a 90-degree tag) applies the tag, so
+    image, masks and keypoints agree either way. A size that fits both (no tag, a 180-degree or mirror tag, a square
+    image) keeps the stored pixels; one that fits neither keeps them too (the caller reports the mismatch). Without
+    a declared size: ``default`` ``stored`` (datasets, as DEKR) or ``exif`` (the image as shown: ``bapose-predict``
+    without an annotation file). ``orientation()`` reads the tag; it is called only when it can matter.
+    """
+    if default not in IMAGE_FRAMES:
+        raise ConfigError(f"read_image: default frame '{default}'; expected one of {list(IMAGE_FRAMES)}")
+    stored = tuple(raw.shape[:2])
+    if (size is None and default == "stored") or (size is not None and tuple(size) == stored):
+        return raw
+    tag = orientation()
+    if tag == 1:
+        return raw
+    turned = np.ascontiguousarray(_ORIENT[tag](raw))
+    if size is None or tuple(turned.shape[:2]) == tuple(size):
+        return turned
+    return raw
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None, default: str = "stored") -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; a missing, empty or undecodable file raises DataError naming it.
+
+    ``size``: the ``(height, width)`` its annotation file declares, which decides whether the EXIF orientation is
+    applied (:func:`orient_image`; without it, ``default`` decides).
+    """
     path = os.fspath(path)
+    declared = size
     try:
         size = os.path.getsize(path)
     except OSError as err:
@@ -100,7 +156,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{where(path)}: image file is empty (0 bytes); expected a JPEG/PNG image")
     # colour decoding drops alpha and expands grey so every sample has 3 channels; IMREAD_COLOR_RGB (OpenCV >= 4.10)
     # lets libjpeg emit RGB directly: the same pixels as IMREAD_COLOR + BGR2RGB, without the extra pass
-    image = cv2.imread(path, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    # the stored pixels: the orientation is decided below, against the annotation's declared size
+    flags = (_IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imread(path, flags)
     if image is None or image.size == 0:
         raise DataError(f"{where(path)}: image is corrupt or not in a format OpenCV can decode "
                         f"({size} bytes); expected a JPEG/PNG image")
@@ -109,7 +167,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                         "fill the missing rows grey); expected a complete JPEG/PNG image")
     if _IMREAD_RGB is None:
         cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
-    return image
+    return orient_image(image, lambda: exif_orientation(path), declared, default)
 
 
 def _jpeg_truncated(path: str, size: int) -> bool:
@@ -357,6 +415,13 @@ class CocoKeypointDataset(Dataset):
             return float(ann["bbox"][2]) * float(ann["bbox"][3])
         return 0.0
 
+    def _declared_size(self, image_id: Any) -> tuple[int, int] | None:
+        """``(height, width)`` the json declares for an image (the frame of its annotations), or None."""
+        info = self._images[image_id]
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+        return None
+
     def _image_path(self, image_id: Any) -> Path:
         return self.image_dir / self._images[image_id]["file_name"]
 
@@ -420,7 +485,7 @@ class CocoKeypointDataset(Dataset):
             image_id = self.ids[(index + attempt) % len(self.ids)]
             path = self._image_path(image_id)
             try:
-                image = read_image(path)
+                image = read_image(path, self._declared_size(image_id))
             except DataError as err:
                 if self.on_bad_sample == "raise":
                     raise
