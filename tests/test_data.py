@@ -237,8 +237,8 @@ def _one_image_json(tmp_path: Path, size: tuple[int, int], people: list[tuple[np
              "keypoints": np.asarray(kp, float).reshape(-1).round(2).tolist()} for i, (kp, area) in enumerate(people)]
     if crowd_box is not None:
         x, y, bw, bh = crowd_box
-        anns.append({"id": 99, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": float(bw * bh), "num_keypoints": 0,
-                     "bbox": [x, y, bw, bh], "keypoints": [0] * 51,
+        anns.append({"id": 99, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": float(bw * bh),
+                     "num_keypoints": 0, "bbox": [x, y, bw, bh], "keypoints": [0] * 51,
                      "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]})
     data = {"images": [{"id": 1, "file_name": "a.jpg", "width": w, "height": h}], "annotations": anns,
             "categories": [{"id": 1, "name": "person", "keypoints": list(DatasetMeta.coco().keypoints),

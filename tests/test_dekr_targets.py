@@ -73,7 +73,8 @@ def test_codec_dekr_equals_dekrs_generators(fixture, dekr_codec_kwargs) -> None:
         t = ours(case, data, dekr_codec_kwargs)
         # heatmaps within 0.01 (the fixture keeps them as float16: 5e-4) and DEKR's window weights exactly
         assert np.abs(t["heatmaps"] - data["matched/heatmaps"].astype(np.float32)).max() < 0.01, case
-        np.testing.assert_array_equal(t["heatmap_weights"], np.where(data["matched/window"], 1.0, 0.1).astype(np.float32), case)
+        window = np.where(data["matched/window"], 1.0, 0.1).astype(np.float32)
+        np.testing.assert_array_equal(t["heatmap_weights"], window, case)
         # the offset support (pixels and joints with a nonzero weight) is DEKR's, entry for entry
         support = data["matched/offset_weights"] > 0
         np.testing.assert_array_equal(t["offset_weights"] > 0, support, case)

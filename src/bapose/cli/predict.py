@@ -42,7 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.data.dataset import exif_orientation, orient_image
+from bapose.data.images import exif_orientation, orient_image
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError, exit_on_error
 from bapose.evaluation import to_coco_results

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bapose.codecs.ownership import (BLOCKED, CENTER_STATUS, OK, OUTSIDE, SMALL, dekr_joint_owners, person_owners,
+from bapose.codecs.ownership import CENTER_STATUS  # noqa: F401  (re-exported: Layout.status indexes it)
+from bapose.codecs.ownership import (BLOCKED, OK, OUTSIDE, SMALL, dekr_joint_owners, person_owners,
                                      place_centers)
 from bapose.codecs.rescore import RescoreNet, load_rescore
 from bapose.codecs.targets import (HEATMAP_WINDOWS, box_diagonals, downsample_mask, heatmap_weights, joint_centers,
