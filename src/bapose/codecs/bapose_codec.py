@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bapose.codecs.ownership import CENTER_STATUS  # noqa: F401  (re-exported: Layout.status indexes it)
-from bapose.codecs.ownership import (BLOCKED, OK, OUTSIDE, SMALL, dekr_joint_owners, person_owners,
+from bapose.codecs.ownership import (BLOCKED, OK, OUTSIDE, SMALL, DekrOffsets, dekr_offsets, person_owners,
                                      place_centers)
 from bapose.codecs.rescore import RescoreNet, load_rescore
 from bapose.codecs.targets import (HEATMAP_WINDOWS, box_diagonals, downsample_mask, heatmap_weights, joint_centers,
@@ -68,9 +68,8 @@ class Layout(NamedTuple):
     snapped to; NaN: no center); ``pixel (N, 2)`` int64 center pixel, whose offsets the decoder reads (-1: none);
     ``status (N,)`` int64 index into :data:`CENTER_STATUS`; ``diag (N,)`` diagonal of the labelled-joint box (>= 1);
     ``owner (h, w)`` int64 person whose offsets each grid pixel carries (-1: none; under ``offset_owner=smaller``
-    the last person to write any joint there, DEKR's ``area_map``); ``joint_owner (K, h, w)`` int64 whose joint
-    ``k`` each pixel carries, under ``offset_owner=smaller`` (DEKR's per-joint rule), else None (``owner`` holds
-    for every joint).
+    the last person to write any joint there, DEKR's ``area_map``); ``dekr``: under ``offset_owner=smaller``
+    DEKR's offset maps with their per-joint ownership (:class:`~bapose.codecs.ownership.DekrOffsets`), else None.
     """
 
     grid: np.ndarray
@@ -81,7 +80,13 @@ class Layout(NamedTuple):
     status: np.ndarray
     diag: np.ndarray
     owner: np.ndarray
-    joint_owner: np.ndarray | None = None
+    dekr: DekrOffsets | None = None
+
+    @property
+    def joint_owner(self) -> np.ndarray | None:
+        """``(K, h, w)`` whose joint ``k`` each pixel carries under DEKR's per-joint rule; None: ``owner`` holds for
+        every joint."""
+        return None if self.dekr is None else self.dekr.joint_owner
 
     @property
     def has_center(self) -> np.ndarray:
@@ -133,7 +138,7 @@ class BAPoseCodec:
             ``(2K, h, w)`` with 0 for unlabelled joints (broadcasts the same way in a loss, and stops the net from
             learning a 0 offset for joints nobody labelled).
         offset_owner: who regresses a grid pixel where offset squares overlap. ``smaller``: DEKR's
-            ``OffsetGenerator`` (:func:`~bapose.codecs.ownership.dekr_joint_owners`): per joint channel, the
+            ``OffsetGenerator`` (:func:`~bapose.codecs.ownership.dekr_offsets`): per joint channel, the
             smaller person (labelled-joint box diagonal) among those that labelled the joint wins, even at a larger
             neighbour's center pixel (the one pixel the decoder reads for that neighbour); its square is DEKR's
             ``[int(c) - r, int(c) + r)`` and joints off the output map are not regressed. ``center_first``: every
@@ -371,9 +376,9 @@ class BAPoseCodec:
         # int(center) (the moved peak under nearest_free), even when its Gaussian is off the map
         eligible = labelled.any(1) & (status != SMALL) & (status != BLOCKED)
         origin = np.where(np.isfinite(peak), peak, center)
-        joint_owner, owner = dekr_joint_owners(g, labelled, origin, eligible, np.nan_to_num(size, nan=0.0), (h, w),
-                                               self.offset_radius)
-        return Layout(g, labelled, center, peak, pixel, status, diag, owner, joint_owner)
+        dekr = dekr_offsets(g, labelled, origin, eligible, np.nan_to_num(size, nan=0.0), 1.0 / diag, (h, w),
+                            self.offset_radius)
+        return Layout(g, labelled, center, peak, pixel, status, diag, dekr.last, dekr)
 
     def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
                image_size: tuple[int, int] | None = None,
@@ -411,8 +416,12 @@ class BAPoseCodec:
         idx = np.nonzero(lay.has_center)[0]
         splat_gaussians(heat, np.full(len(idx), k), lay.peak[idx, 0], lay.peak[idx, 1], self.center_sigma, window)
 
-        offsets, off_w = offset_targets(g, labelled, 1.0 / lay.diag, lay.owner, lay.joint_owner,
-                                        self.per_joint_offset_weights)
+        if lay.dekr is None:
+            offsets, off_w = offset_targets(g, labelled, 1.0 / lay.diag, lay.owner, self.per_joint_offset_weights)
+        else:  # DEKR's OffsetGenerator made them with the ownership
+            offsets, off_w = lay.dekr.offsets, lay.dekr.weights
+            if not self.per_joint_offset_weights:
+                off_w = off_w.max(0, keepdims=True)
         ignore = None if ignore_mask is None else downsample_mask(np.asarray(ignore_mask), (h, w), self.stride)
         invalid = None
         if valid_mask is not None:

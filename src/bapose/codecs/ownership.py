@@ -1,6 +1,6 @@
 """Who regresses which grid pixel, and where each centre sits: the crowd rules of the codec as pure numpy functions.
 
-- :func:`dekr_joint_owners` is DEKR's ``OffsetGenerator`` (HRNet/DEKR 7a30313,
+- :func:`dekr_offsets` is DEKR's ``OffsetGenerator`` (HRNet/DEKR 7a30313,
   ``lib/dataset/target_generators/target_generators.py``): ownership per joint channel, the smaller person wins.
 - :func:`person_owners` gives whole pixels to one person (``center_first``, ``nearest_center``).
 - :func:`place_centers` moves centres that another centre's peak would hide from center NMS (``nearest_free``).
@@ -9,6 +9,8 @@ Coordinates are output-grid pixels; people are indexed as in the codec's ``keypo
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,55 +22,93 @@ OK, SNAPPED, MOVED, SMALL, OUTSIDE, BLOCKED = range(len(CENTER_STATUS))
 PEAK_MARGIN = 1e-3
 
 
-def dekr_joint_owners(grid: np.ndarray, labelled: np.ndarray, origin: np.ndarray, eligible: np.ndarray,
-                      sizes: np.ndarray, grid_hw: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """DEKR's ``OffsetGenerator`` ownership, joint channel by joint channel.
+class DekrOffsets(NamedTuple):
+    """What :func:`dekr_offsets` returns: DEKR's offset maps and who owns each of their entries."""
+
+    offsets: np.ndarray  # (2K, h, w) float32, joint - pixel, (x0, y0, x1, y1, ...)
+    weights: np.ndarray  # (2K, h, w) float32, the owner's ``weight`` on both channels of its joints, else 0
+    owner_plus_one: np.ndarray  # (K, h, w) int32, 1 + whose joint k each pixel carries (0: none; zeros are free)
+    last: np.ndarray  # (h, w) int64, the last person to write any channel there (DEKR's area_map), -1: none
+
+    @property
+    def joint_owner(self) -> np.ndarray:
+        """``(K, h, w)`` int64 whose joint ``k`` each pixel carries (-1: none)."""
+        return self.owner_plus_one.astype(np.int64) - 1
+
+
+def dekr_offsets(grid: np.ndarray, labelled: np.ndarray, origin: np.ndarray, eligible: np.ndarray,
+                 sizes: np.ndarray, weight: np.ndarray, grid_hw: tuple[int, int], radius: int) -> DekrOffsets:
+    """DEKR's ``OffsetGenerator``: offsets and their ownership, joint channel by joint channel.
 
     People are visited in order; person ``p`` offers each labelled joint ``k`` that lies on the map (``0 <= g <
     size``; the others are skipped) to the pixels ``[o - r, o + r)`` of its square (``o = int(origin)``, clipped to
-    the map). A pixel's channel ``k`` takes the offer when it holds no offset yet (DEKR tests the stored vector
-    against (0, 0)) or when the last person to write *any* channel of that pixel (DEKR's ``area_map``) is not
-    smaller than ``p``. Within one person the channels are visited in joint order, so once ``p`` wrote one channel
-    of a pixel it takes every later one: one vectorised step per person.
+    the map; people with ``o`` off the map regress nothing). A pixel's channel ``k`` takes the offer when it holds
+    no offset yet (DEKR tests the stored vector against (0, 0)) or when the last person to write *any* channel of
+    that pixel (DEKR's ``area_map``) is not smaller than ``p``. Within one person the channels are visited in joint
+    order, so once ``p`` wrote one channel of a pixel it takes every later one: one vectorised step per person.
 
     Args:
         grid: ``(N, K, 2)`` joints; labelled: ``(N, K)``; origin: ``(N, 2)`` where each square is anchored (the
             centre, truncated toward zero as DEKR's ``int``); eligible: ``(N,)`` people that regress offsets at all
-            (DEKR: centre row labelled and ``int(centre)`` on the map); sizes: ``(N,)`` what "smaller" compares
-            (DEKR: its ``area``; ours: the labelled-joint box diagonal).
-
-    Returns:
-        ``joint_owner (K, h, w)`` int64 (-1: none) and ``last (h, w)`` int64, the last person to write any channel
-        of each pixel (DEKR's ``area_map``, as a person index).
+            (DEKR: the centre row is labelled, i.e. not a small person); sizes: ``(N,)`` what "smaller" compares
+            (DEKR: its ``area``; ours: the labelled-joint box diagonal); weight: ``(N,)`` each person's loss weight.
     """
     n, k = labelled.shape
     h, w = grid_hw
-    joint_owner = np.full((k, h, w), -1, np.int64)
+    # DEKR's maps, as (K, 2, h, w) views of the (2K, h, w) outputs: the stored vector is what its test reads
+    offsets = np.zeros((2 * k, h, w), np.float32)
+    weights = np.zeros((2 * k, h, w), np.float32)
+    off4, wt4 = offsets.reshape(k, 2, h, w), weights.reshape(k, 2, h, w)
+    owner1 = np.zeros((k, h, w), np.int32)  # np.zeros: pages untouched outside the squares cost nothing
     last = np.full((h, w), -1, np.int64)
-    # what DEKR's test reads: the stored vector of each channel, in float32 as its map holds it
-    stored = np.zeros((k, 2, h, w), np.float32)
-    last_size = np.zeros((h, w), np.float64)
     on = labelled & (grid[..., 0] >= 0) & (grid[..., 0] < w) & (grid[..., 1] >= 0) & (grid[..., 1] < h)
     ox = np.trunc(np.nan_to_num(origin[:, 0], nan=-1.0)).astype(np.int64)
     oy = np.trunc(np.nan_to_num(origin[:, 1], nan=-1.0)).astype(np.int64)
-    for p in np.nonzero(eligible & on.any(1))[0]:  # a loop over people; each step is vectorised over its square
+    who = np.nonzero(eligible & on.any(1) & (ox >= 0) & (ox < w) & (oy >= 0) & (oy < h))[0]
+    # people whose square meets nobody else's take every entry of it whatever the order: all at once
+    near = (np.abs(ox[who, None] - ox[who]) < 2 * radius) & (np.abs(oy[who, None] - oy[who]) < 2 * radius)
+    alone = near.sum(1) == 1
+    _write_alone(who[alone], grid, on, ox, oy, weight, radius, off4, wt4, owner1, last)
+    last_size = np.where(last >= 0, sizes[np.maximum(last, 0)], 0.0)
+    gx, gy = grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32)
+    for p in who[~alone]:  # the rest in DEKR's order; each step is vectorised over the K channels and the square
         x0, x1, y0, y1 = max(ox[p] - radius, 0), min(ox[p] + radius, w), max(oy[p] - radius, 0), min(oy[p] + radius, h)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        joints = np.nonzero(on[p])[0]
-        ys, xs = np.mgrid[y0:y1, x0:x1]
-        new = np.stack([grid[p, joints, 0, None, None] - xs, grid[p, joints, 1, None, None] - ys], 1)
-        new = new.astype(np.float32)  # (J, 2, sh, sw)
-        old = stored[joints, :, y0:y1, x0:x1]
-        unset = ~(old != 0).any(1)  # (J, sh, sw)
-        write = (last_size[y0:y1, x0:x1] >= sizes[p])[None] | (np.cumsum(unset, 0) > 0)
-        stored[joints, :, y0:y1, x0:x1] = np.where(write[:, None], new, old)
-        block = joint_owner[joints, y0:y1, x0:x1]
-        joint_owner[joints, y0:y1, x0:x1] = np.where(write, p, block)
+        off, wt = off4[:, :, y0:y1, x0:x1], wt4[:, :, y0:y1, x0:x1]  # views (K, 2, sh, sw)
+        mine = on[p][:, None, None]  # (K, 1, 1): the joints p offers
+        unset = ~(off != 0).any(1) & mine  # (K, sh, sw)
+        write = ((last_size[y0:y1, x0:x1] >= sizes[p])[None] | (np.cumsum(unset, 0) > 0)) & mine
+        np.copyto(off[:, 0], gx[p, :, None, None] - np.arange(x0, x1, dtype=np.float32), where=write)
+        np.copyto(off[:, 1], gy[p, :, None, None] - np.arange(y0, y1, dtype=np.float32)[:, None], where=write)
+        np.copyto(wt, np.float32(weight[p]), where=write[:, None])
+        np.copyto(owner1[:, y0:y1, x0:x1], p + 1, where=write)
         wrote = write.any(0)
         last[y0:y1, x0:x1][wrote] = p
         last_size[y0:y1, x0:x1][wrote] = sizes[p]
-    return joint_owner, last
+    return DekrOffsets(offsets, weights, owner1, last)
+
+
+def _write_alone(people: np.ndarray, grid: np.ndarray, on: np.ndarray, ox: np.ndarray, oy: np.ndarray,
+                 weight: np.ndarray, radius: int, off4: np.ndarray, wt4: np.ndarray, owner1: np.ndarray,
+                 last: np.ndarray) -> None:
+    """:func:`dekr_offsets` for people whose squares overlap no other square: one scatter for all of them."""
+    if not len(people):
+        return
+    k, _, h, w = off4.shape
+    d = np.arange(-radius, radius)
+    xs, ys = ox[people, None] + d, oy[people, None] + d  # (P, 2r)
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]  # (P, 2r, 2r)
+    pi, yi, xi = np.nonzero(inside)
+    last.reshape(-1)[ys[pi, yi] * w + xs[pi, xi]] = people[pi]
+    # every (joint on the map, square pixel) entry of each person, as flat indices (one index: fast scatters)
+    pi, kj, yi, xi = np.nonzero(on[people][:, :, None, None] & inside[:, None])
+    person, yy, xx = people[pi], ys[pi, yi], xs[pi, xi]
+    pix = yy * w + xx
+    at = (2 * kj * h) * w + pix  # channel 2k of the (2K, h, w) maps; 2k + 1 is h * w further
+    offsets, weights = off4.reshape(-1), wt4.reshape(-1)
+    offsets[at] = grid[person, kj, 0] - xx
+    offsets[at + h * w] = grid[person, kj, 1] - yy
+    weights[at] = weights[at + h * w] = weight[person]
+    owner1.reshape(-1)[kj * h * w + pix] = person + 1
 
 
 def person_owners(order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, size: np.ndarray,
