@@ -1,26 +1,32 @@
 """Codec speed: encode and decode per image at 512 (grid 128) for 1 / 5 / 20 people and a tight crowd, one thread.
 
-    python scripts/bench_codec.py        # writes benchmarks/codec.md
+    python scripts/bench_codec.py                          # writes benchmarks/codec.md
+    python scripts/bench_codec.py --baseline /tmp/base     # also against another checkout (e.g. a branch point)
 
 DESIGN.md §7 targets: encode 20 people <= 5 ms, decode <= 5 ms per image (DEKR's own: 108.7 ms / 39 ms). The default
 crowd rules (nearest-center offset ownership, collision-free centers, OKS pose NMS) are timed against DEKR's rules
-(``codec=dekr``) call by call, so the ratio holds even when other jobs share the machine.
+(``codec=dekr``: the keys of that checkout's ``conf/codec/dekr.yaml``) call by call, so the ratio holds even when other
+jobs share the machine. With ``--baseline`` each checkout is measured in its own process (one bapose per process),
+the two alternating for ``--rounds`` rounds; each figure is the median over the rounds of the per-round medians.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import yaml
 
-from bapose.codecs import BAPoseCodec
-from bapose.data.metadata import DatasetMeta
-from bapose.utils.bench import machine, write_section
-
-# conf/codec/dekr.yaml
-DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr", "heatmap_window": "dekr"}
+CASES = (("1", 1, None), ("5", 5, None), ("20", 20, None), ("20, tight crowd", 20, 96.0))
+SIZE, K = 512, 17
+REPO = Path(__file__).resolve().parents[1]
 
 
 def people(n: int, size: int, k: int, rng: np.random.Generator, spread: float | None = None) -> np.ndarray:
@@ -32,6 +38,13 @@ def people(n: int, size: int, k: int, rng: np.random.Generator, spread: float | 
         centres = size / 2 + rng.uniform(-spread / 2, spread / 2, (n, 1, 2))
     xy = centres + rng.normal(0, 35, (n, k, 2))
     return np.concatenate([xy, np.full((n, k, 1), 2.0)], -1)
+
+
+def dekr_rules(root: Path) -> dict:
+    """``codec=dekr`` of a checkout: the fields its ``conf/codec/dekr.yaml`` sets over ``default.yaml``."""
+    raw = yaml.safe_load((root / "conf" / "codec" / "dekr.yaml").read_text()) or {}
+    raw.pop("defaults", None)
+    return raw
 
 
 def interleaved(fns: list, repeat: int = 30, warmup: int = 3) -> list[float]:
@@ -50,47 +63,94 @@ def interleaved(fns: list, repeat: int = 30, warmup: int = 3) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
-def main() -> None:
+def measure(root: Path) -> dict[str, dict]:
+    """Per case: encode / decode seconds under the default and DEKR's rules, centers moved, people decoded."""
+    from bapose.codecs import BAPoseCodec
+    from bapose.data.metadata import DatasetMeta
+
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)  # the ignore-mask downsample; dataloader workers run one thread each too
-    size, k = 512, 17
+    cv2.setNumThreads(1)  # the mask downsample; dataloader workers run one thread each too
     sigmas = DatasetMeta.coco().sigmas
-    ours = BAPoseCodec(input_size=size, oks_sigmas=sigmas)
-    dekr = BAPoseCodec(input_size=size, oks_sigmas=sigmas, **DEKR)
+    ours = BAPoseCodec(input_size=SIZE, oks_sigmas=sigmas)
+    dekr = BAPoseCodec(input_size=SIZE, oks_sigmas=sigmas, **dekr_rules(root))
     rng = np.random.default_rng(0)
-    mask = np.zeros((size, size), bool)
+    mask = np.zeros((SIZE, SIZE), bool)
     mask[:64, :64] = True
-    load = os.getloadavg()[0]
-    rows = []
-    for label, n, spread in (("1", 1, None), ("5", 5, None), ("20", 20, None), ("20, tight crowd", 20, 96.0)):
-        kp, areas = people(n, size, k, rng, spread), np.full(n, 100.0**2)
+    out = {}
+    for label, n, spread in CASES:
+        kp, areas = people(n, SIZE, K, rng, spread), np.full(n, 100.0**2)
         enc, enc_dekr = interleaved([lambda: ours.encode(kp, areas, mask), lambda: dekr.encode(kp, areas, mask)])
-        found = []
-        decs = []
+        found, decs = [], []
         for codec in (ours, dekr):
             t = codec.encode(kp, areas, mask)
             hm, off = torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None]
             decs.append(lambda codec=codec, hm=hm, off=off: codec.decode(hm, off))
             found.append(len(codec.decode(hm, off)[0].scores))
         dec, dec_dekr = interleaved(decs)
-        moved = int((ours.layout(kp, areas, (size // 4, size // 4)).status != 0).sum())
-        rows.append(f"| {label} | {enc * 1e3:.2f} | {enc_dekr * 1e3:.2f} | {enc / enc_dekr:.2f} | {dec * 1e3:.2f} | "
-                    f"{dec_dekr * 1e3:.2f} | {moved} | {found[0]} / {found[1]} |")
-        print(rows[-1])
+        moved = int((ours.layout(kp, areas, (SIZE // 4, SIZE // 4)).status != 0).sum())
+        out[label] = {"enc": enc, "enc_dekr": enc_dekr, "dec": dec, "dec_dekr": dec_dekr, "moved": moved,
+                      "found": found}
+    return out
+
+
+def _worker(root: Path) -> dict[str, dict]:
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(root)], env=env, capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict], label: str, key: str) -> float:
+    return float(np.median([r[label][key] for r in runs]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, help="another checkout (its src/ and conf/) to time side by side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker)))
+        return
+    from bapose.utils.bench import machine, write_section
+
+    load = os.getloadavg()[0]
+    if args.baseline:
+        runs: dict[str, list] = {"now": [], "base": []}
+        for _ in range(args.rounds):
+            runs["base"].append(_worker(args.baseline.resolve()))
+            runs["now"].append(_worker(REPO))
+        now, base = runs["now"], runs["base"]
+    else:
+        now, base = [measure(REPO)], None
     load = max(load, os.getloadavg()[0])
-    md = "\n".join([
-        "## Codec (targets and decoding)",
-        "",
-        f"`scripts/bench_codec.py`, input {size}x{size} (grid {size // 4}), K={k}, 1 thread, median of 30; the "
-        "default rules and DEKR's (`codec=dekr`) timed call by call. People ~100 px at random places; the tight "
-        f"crowd has all 20 centres within 96 px. Machine: {machine()}; load average {load:.1f} while it ran.",
-        "DESIGN §7 targets: encode 20 people <= 5 ms, decode <= 5 ms (DEKR: 108.7 ms / 39 ms).",
-        "",
-        "| people | encode ms | encode ms, DEKR rules | ratio | decode ms | decode ms, DEKR rules | centers moved "
-        "| people decoded (ours / DEKR rules) |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
+    rows = []
+    for label, _, _ in CASES:
+        m = {k: _median(now, label, k) * 1e3 for k in ("enc", "enc_dekr", "dec", "dec_dekr")}
+        found = now[0][label]["found"]
+        row = (f"| {label} | {m['enc']:.2f} | {m['enc_dekr']:.2f} | {m['enc'] / m['enc_dekr']:.2f} | {m['dec']:.2f} | "
+               f"{m['dec_dekr']:.2f} | {now[0][label]['moved']} | {found[0]} / {found[1]} |")
+        if base is not None:
+            b = {k: _median(base, label, k) * 1e3 for k in ("enc", "enc_dekr")}
+            row += (f" {b['enc']:.2f} | {m['enc'] / b['enc']:.2f} | {b['enc_dekr']:.2f} | "
+                    f"{m['enc_dekr'] / b['enc_dekr']:.2f} |")
+        rows.append(row)
+        print(row)
+    head = ("| people | encode ms | encode ms, DEKR rules | ratio | decode ms | decode ms, DEKR rules | centers moved "
+            "| people decoded (ours / DEKR rules) |")
+    rule = "|---|---|---|---|---|---|---|---|"
+    how = (f"`scripts/bench_codec.py`, input {SIZE}x{SIZE} (grid {SIZE // 4}), K={K}, 1 thread, median of 30; the "
+           "default rules and DEKR's (`codec=dekr`) timed call by call. People ~100 px at random places; the tight "
+           f"crowd has all 20 centres within 96 px. Machine: {machine()}; load average {load:.1f} while it ran.")
+    if base is not None:
+        head += " branch point: encode ms | now / then | branch point: encode ms, DEKR rules | now / then |"
+        rule += "---|---|---|---|"
+        how += (f" Side by side with `{args.baseline}` (`--baseline`): each checkout in its own process, alternating, "
+                f"{args.rounds} rounds, medians over the rounds; DEKR's rules are each checkout's own `codec=dekr`.")
+    md = "\n".join(["## Codec (targets and decoding)", "", how,
+                    "DESIGN §7 targets: encode 20 people <= 5 ms, decode <= 5 ms (DEKR: 108.7 ms / 39 ms).", "",
+                    head, rule, *rows])
     print(f"wrote {write_section('codec', md)}")
 
 
