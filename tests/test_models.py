@@ -229,3 +229,16 @@ def test_heads_are_initialised_as_dekr_and_dwasp_by_its_init_choice(decoder: dic
             assert m.weight.detach().std().item() == pytest.approx(want, rel=0.1), name
     with pytest.raises(ConfigError, match="model.decoder.init"):
         _net(17, {"init": "xavier"})
+
+
+def test_kaiming_head_init_is_the_stand_in_choice() -> None:
+    """head_init=kaiming (stand-in nets of tests, few-step runs): He normal for the heads' inner convs, the final
+    convs still Normal(0, 0.001); a bad name is a ConfigError."""
+    import math
+
+    net = _net(17, {}, seed=1, head_init="kaiming")
+    w = net.heatmap_head.transition[0].weight
+    assert w.std().item() == pytest.approx(math.sqrt(2 / w[0].numel()), rel=0.1)
+    assert net.heatmap_head.final.weight.std().item() == pytest.approx(1e-3, rel=0.3)
+    with pytest.raises(ConfigError, match="model.head_init"):
+        _net(17, {}, head_init="xavier")
