@@ -65,50 +65,34 @@ def dekr_offsets(grid: np.ndarray, labelled: np.ndarray, origin: np.ndarray, eli
     ox = np.trunc(np.nan_to_num(origin[:, 0], nan=-1.0)).astype(np.int64)
     oy = np.trunc(np.nan_to_num(origin[:, 1], nan=-1.0)).astype(np.int64)
     who = np.nonzero(eligible & on.any(1) & (ox >= 0) & (ox < w) & (oy >= 0) & (oy < h))[0]
-    # people whose square meets nobody else's take every entry of it whatever the order: all at once
+    # people whose square meets nobody else's take every entry of it whatever the order
     near = (np.abs(ox[who, None] - ox[who]) < 2 * radius) & (np.abs(oy[who, None] - oy[who]) < 2 * radius)
     alone = near.sum(1) == 1
-    _write_alone(who[alone], grid, on, ox, oy, weight, radius, off4, wt4, owner1, last)
+    # offsets computed in float64 and stored in float32, as DEKR's map stores them
+    gx, gy = grid[..., 0], grid[..., 1]
+    for p in who[alone]:  # nobody else writes their square: every offered entry is theirs, in plain slices
+        x0, x1, y0, y1 = max(ox[p] - radius, 0), min(ox[p] + radius, w), max(oy[p] - radius, 0), min(oy[p] + radius, h)
+        joints = np.nonzero(on[p])[0]
+        off4[joints, 0, y0:y1, x0:x1] = gx[p, joints, None, None] - np.arange(x0, x1)
+        off4[joints, 1, y0:y1, x0:x1] = gy[p, joints, None, None] - np.arange(y0, y1)[:, None]
+        wt4[joints, :, y0:y1, x0:x1] = weight[p]
+        owner1[joints, y0:y1, x0:x1] = p + 1
+        last[y0:y1, x0:x1] = p
     last_size = np.where(last >= 0, sizes[np.maximum(last, 0)], 0.0)
-    gx, gy = grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32)
     for p in who[~alone]:  # the rest in DEKR's order; each step is vectorised over the K channels and the square
         x0, x1, y0, y1 = max(ox[p] - radius, 0), min(ox[p] + radius, w), max(oy[p] - radius, 0), min(oy[p] + radius, h)
         off, wt = off4[:, :, y0:y1, x0:x1], wt4[:, :, y0:y1, x0:x1]  # views (K, 2, sh, sw)
         mine = on[p][:, None, None]  # (K, 1, 1): the joints p offers
         unset = ~(off != 0).any(1) & mine  # (K, sh, sw)
         write = ((last_size[y0:y1, x0:x1] >= sizes[p])[None] | (np.cumsum(unset, 0) > 0)) & mine
-        np.copyto(off[:, 0], gx[p, :, None, None] - np.arange(x0, x1, dtype=np.float32), where=write)
-        np.copyto(off[:, 1], gy[p, :, None, None] - np.arange(y0, y1, dtype=np.float32)[:, None], where=write)
+        np.copyto(off[:, 0], gx[p, :, None, None] - np.arange(x0, x1), where=write, casting="same_kind")
+        np.copyto(off[:, 1], gy[p, :, None, None] - np.arange(y0, y1)[:, None], where=write, casting="same_kind")
         np.copyto(wt, np.float32(weight[p]), where=write[:, None])
         np.copyto(owner1[:, y0:y1, x0:x1], p + 1, where=write)
         wrote = write.any(0)
         last[y0:y1, x0:x1][wrote] = p
         last_size[y0:y1, x0:x1][wrote] = sizes[p]
     return DekrOffsets(offsets, weights, owner1, last)
-
-
-def _write_alone(people: np.ndarray, grid: np.ndarray, on: np.ndarray, ox: np.ndarray, oy: np.ndarray,
-                 weight: np.ndarray, radius: int, off4: np.ndarray, wt4: np.ndarray, owner1: np.ndarray,
-                 last: np.ndarray) -> None:
-    """:func:`dekr_offsets` for people whose squares overlap no other square: one scatter for all of them."""
-    if not len(people):
-        return
-    k, _, h, w = off4.shape
-    d = np.arange(-radius, radius)
-    xs, ys = ox[people, None] + d, oy[people, None] + d  # (P, 2r)
-    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]  # (P, 2r, 2r)
-    pi, yi, xi = np.nonzero(inside)
-    last.reshape(-1)[ys[pi, yi] * w + xs[pi, xi]] = people[pi]
-    # every (joint on the map, square pixel) entry of each person, as flat indices (one index: fast scatters)
-    pi, kj, yi, xi = np.nonzero(on[people][:, :, None, None] & inside[:, None])
-    person, yy, xx = people[pi], ys[pi, yi], xs[pi, xi]
-    pix = yy * w + xx
-    at = (2 * kj * h) * w + pix  # channel 2k of the (2K, h, w) maps; 2k + 1 is h * w further
-    offsets, weights = off4.reshape(-1), wt4.reshape(-1)
-    offsets[at] = grid[person, kj, 0] - xx
-    offsets[at + h * w] = grid[person, kj, 1] - yy
-    weights[at] = weights[at + h * w] = weight[person]
-    owner1.reshape(-1)[kj * h * w + pix] = person + 1
 
 
 def person_owners(order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, size: np.ndarray,
