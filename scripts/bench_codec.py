@@ -115,6 +115,7 @@ def main() -> None:
         return
     from bapose.utils.bench import machine, write_section
 
+    torch.set_num_threads(1)  # as the measurements (and machine() reports it)
     load = os.getloadavg()[0]
     if args.baseline:
         runs: dict[str, list] = {"now": [], "base": []}
@@ -146,8 +147,11 @@ def main() -> None:
     if base is not None:
         head += " branch point: encode ms | now / then | branch point: encode ms, DEKR rules | now / then |"
         rule += "---|---|---|---|"
-        how += (f" Side by side with `{args.baseline}` (`--baseline`): each checkout in its own process, alternating, "
-                f"{args.rounds} rounds, medians over the rounds; DEKR's rules are each checkout's own `codec=dekr`.")
+        commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "?"
+        how += (f" Side by side with the checkout of commit {commit} (`python scripts/bench_codec.py --baseline "
+                f"<checkout> --rounds {args.rounds}`): each checkout in its own process, alternating, {args.rounds} "
+                "rounds, medians over the rounds; DEKR's rules are each checkout's own `codec=dekr`.")
     md = "\n".join(["## Codec (targets and decoding)", "", how,
                     "DESIGN §7 targets: encode 20 people <= 5 ms, decode <= 5 ms (DEKR: 108.7 ms / 39 ms).", "",
                     head, rule, *rows])
