@@ -1,21 +1,23 @@
 """Codec speed: encode and decode per image at 512 (grid 128) for 1 / 5 / 20 people and a tight crowd, one thread.
 
-    python scripts/bench_codec.py                                   # writes benchmarks/codec.md
-    python scripts/bench_codec.py --baseline /tmp/decode_base/src   # + decode of this tree against another checkout
+    python scripts/bench_codec.py                          # writes benchmarks/codec.md
+    python scripts/bench_codec.py --baseline /tmp/base     # also against another checkout (e.g. a branch point)
 
 DESIGN.md §7 targets: encode 20 people <= 5 ms, decode <= 5 ms per image (DEKR's own: 108.7 ms / 39 ms). The default
 crowd rules (nearest-center offset ownership, collision-free centers, OKS pose NMS) are timed against DEKR's rules
-(``codec=dekr``) call by call, so the ratio holds even when other jobs share the machine.
-
-``--baseline SRC`` times the decode of the very same maps with this tree's ``bapose`` and with the one under ``SRC``
-(e.g. a ``git worktree`` of an older commit), both imported into this process and called in turn, call by call, so
-both see the same machine load.
+(``codec=dekr``: the keys of that checkout's ``conf/codec/dekr.yaml``) call by call, so the ratio holds even when other
+jobs share the machine. With ``--baseline`` each checkout is measured in its own process (one bapose per process),
+the two alternating for ``--rounds`` rounds; each figure is the median over the rounds of the per-round medians.
+The decode of the very same maps is also timed with both trees imported into one process and called in turn, call by
+call (with the baseline against itself for the noise of that comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import yaml
 
-from bapose.codecs import BAPoseCodec
-from bapose.data.metadata import DatasetMeta
-from bapose.predictor import decode, decode_multiscale
-from bapose.utils.bench import machine, write_section
-
-DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"}
+CASES = (("1", 1, None), ("5", 5, None), ("20", 20, None), ("20, tight crowd", 20, 96.0))
+SIZE, K = 512, 17
+REPO = Path(__file__).resolve().parents[1]
 
 
 def people(n: int, size: int, k: int, rng: np.random.Generator, spread: float | None = None) -> np.ndarray:
@@ -41,6 +41,13 @@ def people(n: int, size: int, k: int, rng: np.random.Generator, spread: float | 
         centres = size / 2 + rng.uniform(-spread / 2, spread / 2, (n, 1, 2))
     xy = centres + rng.normal(0, 35, (n, k, 2))
     return np.concatenate([xy, np.full((n, k, 1), 2.0)], -1)
+
+
+def dekr_rules(root: Path) -> dict:
+    """``codec=dekr`` of a checkout: the fields its ``conf/codec/dekr.yaml`` sets over ``default.yaml``."""
+    raw = yaml.safe_load((root / "conf" / "codec" / "dekr.yaml").read_text()) or {}
+    raw.pop("defaults", None)
+    return raw
 
 
 def interleaved(fns: list, repeat: int = 30, warmup: int = 3) -> list[float]:
@@ -57,6 +64,52 @@ def interleaved(fns: list, repeat: int = 30, warmup: int = 3) -> list[float]:
             fn()
             t.append(time.perf_counter() - t0)
     return [float(np.median(t)) for t in times]
+
+
+def _decoders() -> tuple[Any, Any]:
+    """``decode(codec, heatmaps, offsets)`` and ``decode_multiscale(codec, outputs, scales, base_hw)`` of the
+    ``bapose`` imported now: the predictor's, or (checkouts before ``bapose.predictor``) the codec's own methods."""
+    try:
+        from bapose.predictor import decode, decode_multiscale
+    except ImportError:
+        def decode(codec, heatmaps, offsets):  # noqa: ANN001, ANN202
+            return codec.decode(heatmaps, offsets)
+
+        def decode_multiscale(codec, outputs, scales, base_hw):  # noqa: ANN001, ANN202
+            return codec.decode_multiscale(outputs, scales, base_hw)
+    return decode, decode_multiscale
+
+
+def measure(root: Path) -> dict[str, dict]:
+    """Per case: encode / decode seconds under the default and DEKR's rules, centers moved, people decoded."""
+    from bapose.codecs import BAPoseCodec
+    from bapose.data.metadata import DatasetMeta
+
+    decode, _ = _decoders()
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # the mask downsample; dataloader workers run one thread each too
+    sigmas = DatasetMeta.coco().sigmas
+    ours = BAPoseCodec(input_size=SIZE, oks_sigmas=sigmas)
+    dekr = BAPoseCodec(input_size=SIZE, oks_sigmas=sigmas, **dekr_rules(root))
+    rng = np.random.default_rng(0)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[:64, :64] = True
+    out = {}
+    for label, n, spread in CASES:
+        kp, areas = people(n, SIZE, K, rng, spread), np.full(n, 100.0**2)
+        enc, enc_dekr = interleaved([lambda: ours.encode(kp, areas, mask), lambda: dekr.encode(kp, areas, mask)])
+        found, decs = [], []
+        for codec in (ours, dekr):
+            t = codec.encode(kp, areas, mask)
+            hm, off = torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None]
+            decs.append(lambda codec=codec, hm=hm, off=off: decode(codec, hm, off))
+            found.append(len(decode(codec, hm, off)[0].scores))
+        dec, dec_dekr = interleaved(decs)
+        moved = int((ours.layout(kp, areas, (SIZE // 4, SIZE // 4)).status != 0).sum())
+        out[label] = {"enc": enc, "enc_dekr": enc_dekr, "dec": dec, "dec_dekr": dec_dekr, "moved": moved,
+                      "found": found}
+    return out
 
 
 # decode cases of --baseline: (label, decode knobs beyond the input size and sigmas, people, spread, scales)
@@ -76,14 +129,7 @@ def _load_tree(src: str) -> dict[str, Any]:
     try:
         import bapose.codecs as codecs
 
-        try:
-            from bapose.predictor import decode as dec, decode_multiscale as dec_ms
-        except ImportError:  # before bapose.predictor: the codec's own methods
-            def dec(codec, heatmaps, offsets):  # noqa: ANN001, ANN202
-                return codec.decode(heatmaps, offsets)
-
-            def dec_ms(codec, outputs, scales, base_hw):  # noqa: ANN001, ANN202
-                return codec.decode_multiscale(outputs, scales, base_hw)
+        dec, dec_ms = _decoders()
         tree = {"codec": codecs.BAPoseCodec, "decode": dec, "decode_multiscale": dec_ms,
                 "file": codecs.__file__}
     finally:
@@ -97,6 +143,10 @@ def _load_tree(src: str) -> dict[str, Any]:
 def compare_decode(baseline: str, size: int, k: int, repeat: int = 300) -> list[str]:
     """Rows of the decode table: this tree's decode against ``baseline``'s (a ``src`` folder) on the same maps,
     call by call in this process."""
+    from bapose.codecs import BAPoseCodec
+    from bapose.data.metadata import DatasetMeta
+
+    decode, decode_multiscale = _decoders()
     trees = [{"codec": BAPoseCodec, "decode": decode, "decode_multiscale": decode_multiscale},
              _load_tree(str(Path(baseline).resolve()))]
     print(f"baseline: {trees[1]['file']}")
@@ -132,66 +182,77 @@ def compare_decode(baseline: str, size: int, k: int, repeat: int = 300) -> list[
     return rows
 
 
+def _worker(root: Path) -> dict[str, dict]:
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(root)], env=env, capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict], label: str, key: str) -> float:
+    return float(np.median([r[label][key] for r in runs]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", help="src folder of another checkout: its decode timed against this tree's")
+    parser.add_argument("--baseline", type=Path, help="another checkout (its src/ and conf/) to time side by side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)  # the ignore-mask downsample; dataloader workers run one thread each too
-    size, k = 512, 17
-    sigmas = DatasetMeta.coco().sigmas
-    ours = BAPoseCodec(input_size=size, oks_sigmas=sigmas)
-    dekr = BAPoseCodec(input_size=size, oks_sigmas=sigmas, **DEKR)
-    rng = np.random.default_rng(0)
-    mask = np.zeros((size, size), bool)
-    mask[:64, :64] = True
-    load = os.getloadavg()[0]
-    rows = []
-    for label, n, spread in (("1", 1, None), ("5", 5, None), ("20", 20, None), ("20, tight crowd", 20, 96.0)):
-        kp, areas = people(n, size, k, rng, spread), np.full(n, 100.0**2)
-        enc, enc_dekr = interleaved([lambda: ours.encode(kp, areas, mask), lambda: dekr.encode(kp, areas, mask)])
-        found = []
-        decs = []
-        for codec in (ours, dekr):
-            t = codec.encode(kp, areas, mask)
-            hm, off = torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None]
-            decs.append(lambda codec=codec, hm=hm, off=off: decode(codec, hm, off))
-            found.append(len(decode(codec, hm, off)[0].scores))
-        dec, dec_dekr = interleaved(decs)
-        moved = int((ours.layout(kp, areas, (size // 4, size // 4)).status != 0).sum())
-        rows.append(f"| {label} | {enc * 1e3:.2f} | {enc_dekr * 1e3:.2f} | {enc / enc_dekr:.2f} | {dec * 1e3:.2f} | "
-                    f"{dec_dekr * 1e3:.2f} | {moved} | {found[0]} / {found[1]} |")
-        print(rows[-1])
-    compared = compare_decode(args.baseline, size, k) if args.baseline else []
-    commit = ""
-    if args.baseline:  # name the baseline's commit when it is a git checkout
-        import subprocess
+    if args.worker:
+        print(json.dumps(measure(args.worker)))
+        return
+    from bapose.utils.bench import machine, write_section
 
-        res = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True)
-        commit = f" (commit {res.stdout.strip()})" if res.returncode == 0 else ""
+    torch.set_num_threads(1)  # as the measurements (and machine() reports it)
+    load = os.getloadavg()[0]
+    if args.baseline:
+        runs: dict[str, list] = {"now": [], "base": []}
+        for _ in range(args.rounds):
+            runs["base"].append(_worker(args.baseline.resolve()))
+            runs["now"].append(_worker(REPO))
+        now, base = runs["now"], runs["base"]
+    else:
+        now, base = [measure(REPO)], None
     load = max(load, os.getloadavg()[0])
-    md = [
-        "## Codec (targets and decoding)",
-        "",
-        f"`scripts/bench_codec.py`, input {size}x{size} (grid {size // 4}), K={k}, 1 thread, median of 30; the "
-        "default rules and DEKR's (`codec=dekr`) timed call by call. People ~100 px at random places; the tight "
-        f"crowd has all 20 centres within 96 px. Machine: {machine()}; load average {load:.1f} while it ran.",
-        "DESIGN §7 targets: encode 20 people <= 5 ms, decode <= 5 ms (DEKR: 108.7 ms / 39 ms).",
-        "",
-        "| people | encode ms | encode ms, DEKR rules | ratio | decode ms | decode ms, DEKR rules | centers moved "
-        "| people decoded (ours / DEKR rules) |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-    if compared:
-        md += ["", f"Decode (`bapose.predictor.decode` / `decode_multiscale`), this tree against the `bapose` of "
-               f"`{args.baseline}`{commit} (`python scripts/bench_codec.py --baseline {args.baseline}`): the same maps "
-               "(perfect targets of 20 people unless named, default rules unless named), both trees imported in "
-               "this process and called in turn, median of 300 calls each; ratio = this / baseline.",
-               "", "| case | decode ms | decode ms, baseline | ratio | people (this / baseline) |",
-               "|---|---|---|---|---|", *compared]
-    print(f"wrote {write_section('codec', chr(10).join(md))}")
+    rows = []
+    for label, _, _ in CASES:
+        m = {k: _median(now, label, k) * 1e3 for k in ("enc", "enc_dekr", "dec", "dec_dekr")}
+        found = now[0][label]["found"]
+        row = (f"| {label} | {m['enc']:.2f} | {m['enc_dekr']:.2f} | {m['enc'] / m['enc_dekr']:.2f} | {m['dec']:.2f} | "
+               f"{m['dec_dekr']:.2f} | {now[0][label]['moved']} | {found[0]} / {found[1]} |")
+        if base is not None:
+            b = {k: _median(base, label, k) * 1e3 for k in ("enc", "enc_dekr")}
+            row += (f" {b['enc']:.2f} | {m['enc'] / b['enc']:.2f} | {b['enc_dekr']:.2f} | "
+                    f"{m['enc_dekr'] / b['enc_dekr']:.2f} |")
+        rows.append(row)
+        print(row)
+    head = ("| people | encode ms | encode ms, DEKR rules | ratio | decode ms | decode ms, DEKR rules | centers moved "
+            "| people decoded (ours / DEKR rules) |")
+    rule = "|---|---|---|---|---|---|---|---|"
+    how = (f"`scripts/bench_codec.py`, input {SIZE}x{SIZE} (grid {SIZE // 4}), K={K}, 1 thread, median of 30; the "
+           "default rules and DEKR's (`codec=dekr`) timed call by call. People ~100 px at random places; the tight "
+           f"crowd has all 20 centres within 96 px. Machine: {machine()}; load average {load:.1f} while it ran.")
+    if base is not None:
+        head += " branch point: encode ms | now / then | branch point: encode ms, DEKR rules | now / then |"
+        rule += "---|---|---|---|"
+        commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "?"
+        how += (f" Side by side with the checkout of commit {commit} (`python scripts/bench_codec.py --baseline "
+                f"<checkout> --rounds {args.rounds}`): each checkout in its own process, alternating, {args.rounds} "
+                "rounds, medians over the rounds; DEKR's rules are each checkout's own `codec=dekr`.")
+    lines = ["## Codec (targets and decoding)", "", how,
+             "DESIGN §7 targets: encode 20 people <= 5 ms, decode <= 5 ms (DEKR: 108.7 ms / 39 ms).", "",
+             head, rule, *rows]
+    if base is not None:
+        compared = compare_decode(str(args.baseline.resolve() / "src"), SIZE, K)
+        lines += ["", f"Decode, this tree against the checkout of commit {commit}: the same maps (perfect targets of "
+                  "20 people unless named, default rules unless named), both trees imported in one process and "
+                  "called in turn, median of 300 calls each; ratio = this / baseline.",
+                  "", "| case | decode ms | decode ms, baseline | ratio | people (this / baseline) |",
+                  "|---|---|---|---|---|", *compared]
+    md = "\n".join(lines)
+    print(f"wrote {write_section('codec', md)}")
 
 
 if __name__ == "__main__":

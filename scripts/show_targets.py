@@ -92,7 +92,8 @@ def draw_offsets(image: np.ndarray, targets: dict, codec: BAPoseCodec, colours, 
     return out
 
 
-RULES = {"DEKR rules": {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"},
+RULES = {"DEKR rules": {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr",
+                        "heatmap_window": "dekr"},
          "default rules": {}}
 _SHORT = {"center_collision": "collision", "offsets_owned": "offsets", "pose_nms": "pose NMS", "no_center": "no center",
           "max_people": "top-k", "low_oks": "OKS"}

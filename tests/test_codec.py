@@ -231,3 +231,38 @@ def test_refine_moves_noisy_regressions_back_onto_the_heatmap_peaks() -> None:
     assert torch.equal(refine(plain, hm, torch.zeros(1, 2, K, 2) + 7.0), torch.zeros(1, 2, K, 2) + 7.0)
     with pytest.raises(ConfigError, match="refine_radius"):
         BAPoseCodec(refine_radius=-1)
+
+
+@pytest.mark.parametrize("small_first", [False, True])
+def test_dekr_rules_own_offsets_per_joint_channel(small_first: bool) -> None:
+    """DEKR's OffsetGenerator (offset_owner=smaller): where squares overlap, each joint channel goes to the smaller
+    person among those that labelled that joint; a larger neighbour keeps the joints the smaller did not label.
+    Joints off the output map are not regressed; the square is DEKR's [int(c) - r, int(c) + r)."""
+    codec = BAPoseCodec(input_size=128, min_center_area=0, offset_owner="smaller", center_collision="ignore",
+                        heatmap_window="dekr")
+    big = make_people(1, 128, seed=1, spread=40)[0]
+    small = big.copy()
+    small[:, :2] = (big[:, :2] - big[:, :2].mean(0)) * 0.3 + big[:, :2].mean(0) + 8.0
+    small[6:, 2] = 0  # the small person labelled joints 0-5 only
+    big[16, :2] = [-20.0, 60.0]  # one of the big person's joints lies off the map
+    kp = np.stack([small, big] if small_first else [big, small])
+    s, b = (0, 1) if small_first else (1, 0)
+    lay = codec.layout(kp, np.full(2, 1e4), (32, 32))
+    t = codec.encode(kp, np.full(2, 1e4))
+    owner = lay.joint_owner
+    both = (owner[0] >= 0) & (owner[6] >= 0)
+    shared = both & (owner[0] == s)  # pixels in both squares where the small person took its joints
+    assert shared.sum() > 5
+    assert (owner[:6][:, shared] == s).all() and (owner[6:16][:, shared] == b).all()
+    ys, xs = np.nonzero(shared)
+    g = codec.to_grid(kp[..., :2])
+    np.testing.assert_allclose(t["offsets"][0, ys, xs] + xs, g[s, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(t["offsets"][14, ys, xs] + xs, g[b, 7, 0], atol=1e-5)
+    # DEKR's weights follow the owner of each channel; the off-map joint 16 is regressed nowhere
+    assert t["offset_weights"][0, ys[0], xs[0]] == pytest.approx(1 / lay.diag[s], rel=1e-5)
+    assert t["offset_weights"][14, ys[0], xs[0]] == pytest.approx(1 / lay.diag[b], rel=1e-5)
+    assert (owner[16] == -1).all() and not t["offset_weights"][32:].any()
+    # the big person's square: 8 x 8 from int(center) - 4
+    cx, cy = np.trunc(lay.center[b]).astype(int)
+    own = np.argwhere((owner[7] == b))
+    assert own[:, 1].min() == cx - 4 and own[:, 1].max() == cx + 3 and own[:, 0].min() == cy - 4

@@ -57,6 +57,12 @@ def tiny_dekr(tmp_path_factory):
     torch.manual_seed(0)
     net = BAPoseNet("hrnet_w18_small", num_keypoints=17, decoder=None, adaptive_basis="stored").eval()
     with torch.no_grad():
+        # He-scaled inner head convs (DEKR's own init is Normal(0, 0.001), whose untrained features are ~0 in eval
+        # mode): spatially varied O(1) outputs, so the decoded people are distinct
+        for head in (net.heatmap_head, net.offset_head):
+            for m in head.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         for block in net.offset_head.blocks:
             block.transform.weight.normal_(0, 0.02)
             block.transform.bias.normal_(0, 0.3)
@@ -64,6 +70,7 @@ def tiny_dekr(tmp_path_factory):
         for final in (net.heatmap_head.final, net.offset_head.final):
             final.weight.normal_(0, 0.002)
             final.bias.normal_(0, 0.3)
+        net.heatmap_head.final.bias[-1].abs_()  # a center map above the decode threshold: people to compare
     src = root / "pose_dekr_tiny.pth"
     torch.save(bapose_to_dekr(net), src)
     dst = root / "dekr_tiny.ckpt"
@@ -238,7 +245,7 @@ def test_converted_checkpoint_in_eval_predict_and_export(tmp_path, tiny_dekr, co
     from bapose.cli.evaluate import evaluate
     from bapose.cli.export import export
     from bapose.cli.predict import predict
-    from bapose.data.images import try_read_image as read_image
+    from bapose.data.inputs import try_read_image as read_image
     from bapose.cli.train import compose_config
     from bapose.data.transforms import EvalTransform
     from bapose.predictor import predict as run_inference

@@ -20,7 +20,7 @@ from bapose.predictor import sample as _sample
 
 META = DatasetMeta.coco()
 K = META.num_keypoints
-DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr"}
+DEKR = {"offset_owner": "smaller", "center_collision": "ignore", "pose_nms": "dekr", "heatmap_window": "dekr"}
 SIZE = (256, 256)
 
 

@@ -13,7 +13,8 @@ import torch
 from bapose.codecs import BAPoseCodec
 from bapose.data.dataset import CocoKeypointDataset, read_image
 from bapose.data.metadata import DatasetMeta
-from bapose.data.transforms import AffineParams, EvalTransform, TrainTransform
+from bapose.data.transforms import (AffineParams, EvalTransform, TrainTransform, apply_affine, invert_affine,
+                                   train_affine_matrix)
 from bapose.errors import DataError
 
 SIZE = 128
@@ -225,3 +226,182 @@ def test_prepare_crowdpose_merges_and_rejects_id_clashes(crowdpose_sample: Path,
     assert merged["categories"] == data["categories"]
     with pytest.raises(DataError, match=r"annotation id \d+: also in an earlier part"):
         script["main"](["--root", str(tmp_path), "--parts", "crowdpose_train.json", "crowdpose_train.json"])
+
+
+def _one_image_json(tmp_path: Path, size: tuple[int, int], people: list[tuple[np.ndarray, float]],
+                    crowd_box: tuple[int, int, int, int] | None = None) -> Path:
+    """A ``size`` (h, w) grey image with COCO-17 people ``(keypoints (17, 3), area)`` and optionally a crowd box."""
+    h, w = size
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": float(area),
+             "num_keypoints": int((kp[:, 2] > 0).sum()), "bbox": [0, 0, 1, 1],
+             "keypoints": np.asarray(kp, float).reshape(-1).round(2).tolist()} for i, (kp, area) in enumerate(people)]
+    if crowd_box is not None:
+        x, y, bw, bh = crowd_box
+        anns.append({"id": 99, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": float(bw * bh),
+                     "num_keypoints": 0, "bbox": [x, y, bw, bh], "keypoints": [0] * 51,
+                     "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]})
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": w, "height": h}], "annotations": anns,
+            "categories": [{"id": 1, "name": "person", "keypoints": list(DatasetMeta.coco().keypoints),
+                            "skeleton": []}]}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((h, w, 3), 127, np.uint8))
+    return tmp_path / "a.json"
+
+
+def _figure(cx: float, cy: float, half: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xy = np.stack([rng.uniform(cx - half, cx + half, 17), rng.uniform(cy - 2 * half, cy + 2 * half, 17)], 1)
+    return np.concatenate([xy, np.full((17, 1), 2.0)], 1)
+
+
+def _fixed(scale: float) -> TrainTransform:
+    return TrainTransform(SIZE, DatasetMeta.coco().flip_index, min_scale=scale, max_scale=scale, max_rotation=0.0,
+                          max_translate=0.0, flip_prob=0.0)
+
+
+@pytest.mark.parametrize("crowd", [False, True], ids=["no_crowd", "crowd"])
+def test_padding_outside_the_source_image_gets_no_heatmap_weight_and_no_offsets(tmp_path: Path, crowd: bool) -> None:
+    """Zoomed out (scale 1.5) the 64-px-wide image fills 2/3 of the 128 crop's width; DEKR and MMPose warp a *valid*
+    mask with border 0, so the padding gets weight 0 in the heatmap loss, crowd annotation or not, and (issue 19)
+    no offsets: the person at the image's left edge keeps their offsets inside the image only."""
+    h, w = 128, 64
+    ann = _one_image_json(tmp_path, (h, w), [(_figure(8.0, 64.0, 6.0), 4000.0)],
+                          crowd_box=(40, 10, 20, 20) if crowd else None)
+    codec = BAPoseCodec(SIZE, min_center_area=0)
+    ds = CocoKeypointDataset(ann, tmp_path, codec=codec, train=True, input_size=SIZE, transform=_fixed(1.5))
+    s = ds[0]
+    weights, off_w = s["heatmap_weights"].numpy(), s["offset_weights"].numpy()
+    # a grid cell is padding when most of its 4 x 4 input pixels map outside the source (computed here directly)
+    matrix = train_affine_matrix(h, w, SIZE, AffineParams(1.5, 0.0, (0.0, 0.0), False))[0]
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    src = apply_affine(np.stack([xs, ys], -1).astype(float), invert_affine(matrix))
+    outside = ~((src >= -0.5) & (src < [w - 0.5, h - 0.5])).all(-1)
+    padding = outside.reshape(32, 4, 32, 4).mean((1, 3)) > 0.5
+    assert 0.25 < padding.mean() < 0.45
+    assert (weights[:, padding] == 0).all() and (off_w[:, padding] == 0).all()
+    assert not s["offsets"].numpy()[:, padding].any()
+    inside = ~padding
+    if crowd:
+        assert (weights[:, inside] == 0).any()  # the crowd box, inside the image
+    else:
+        assert (weights[:, inside] > 0).all()  # background 0.1 and Gaussians: every source pixel trains
+    # the person's square straddles the image's left border: offsets on its inner part, none on the padding
+    square = off_w.max(0) > 0
+    assert square.sum() > 0 and (square & inside).sum() == square.sum()
+    # a zoomed-in view lies inside the source: no padding, no valid mask to pay for
+    ds_in = CocoKeypointDataset(ann, tmp_path, codec=codec, train=True, input_size=SIZE, transform=_fixed(0.75))
+    out = ds_in.transform(read_image(tmp_path / "a.jpg"), *ds_in.annotations(1)[:2], None,
+                          params=AffineParams(0.75, 0.0, (0.0, 0.0), False))
+    assert out["valid_mask"] is None
+
+
+def test_small_person_rule_reads_the_original_annotation_area(tmp_path: Path) -> None:
+    """DEKR's COCO rule, ``obj['area'] < 32**2`` on the json's area (issue 19 item 8), whatever the augmentation's
+    zoom: zoomed out 2x a 1,500 px^2 person is 375 px^2 in the input and keeps its center; zoomed in 1.5x a 900 px^2
+    person is 2,025 px^2 and still gets none."""
+    ann = _one_image_json(tmp_path, (128, 128), [(_figure(40.0, 64.0, 10.0, 1), 1500.0),
+                                                 (_figure(90.0, 64.0, 10.0, 2), 900.0)])
+    codec = BAPoseCodec(SIZE, min_center_area=32.0**2)
+    for scale in (2.0, 1.0 / 1.5):
+        ds = CocoKeypointDataset(ann, tmp_path, codec=codec, train=True, input_size=SIZE, transform=_fixed(scale))
+        out = ds.transform(read_image(tmp_path / "a.jpg"), *ds.annotations(1)[:2], None,
+                           params=AffineParams(scale, 0.0, (0.0, 0.0), False))
+        lay = codec.layout(out["keypoints"], ds.annotations(1)[1], (32, 32))
+        assert lay.has_center.tolist() == [True, False], scale
+        # what the augmented area would have decided instead
+        assert (out["areas"] >= 32.0**2).tolist() == ([False, False] if scale == 2.0 else [True, True])
+        s = ds[0]
+        assert float(s["heatmaps"][-1].max()) > 0.9  # the 1,500 px^2 person's center
+
+
+def test_min_center_diagonal_drops_people_below_mmposes_cutoff() -> None:
+    """MMPose SPR ``minimal_diagonal_length`` (sqrt(32) grid px in its DEKR configs): no center, no offsets below it;
+    the joints still get heatmaps, and no person weighs more than 1/sqrt(32) in the offset loss."""
+    cut = 32**0.5
+    codec = BAPoseCodec(SIZE, min_center_area=0, min_center_diagonal=cut)
+    kp = np.zeros((3, 17, 3))
+    kp[..., 2] = 2
+    for p, (cx, side) in enumerate(((20.0, 4 * 5.0), (64.0, 4 * 6.0), (105.0, 0.0))):  # diagonal 5*sqrt2, 6*sqrt2, 0
+        kp[p, :, 0] = cx + np.linspace(-side / 2, side / 2, 17) / np.sqrt(2)
+        kp[p, :, 1] = 64 + np.linspace(-side / 2, side / 2, 17) / np.sqrt(2)
+    lay = codec.layout(kp, np.full(3, 1e4), (32, 32))
+    np.testing.assert_allclose(lay.diag[:2], [5.0, 6.0], rtol=1e-6)
+    assert lay.has_center.tolist() == [False, True, False]
+    t = codec.encode(kp, np.full(3, 1e4))
+    assert t["offset_weights"].max() == pytest.approx(1 / 6.0, rel=1e-5) and 1 / 6.0 <= 1 / cut
+    g0 = np.round(codec.to_grid(kp[0, :, :2].mean(0))).astype(int)
+    assert t["heatmaps"][:-1, g0[1], g0[0]].max() > 0.5  # its joints are drawn (around its center) ...
+    assert t["heatmaps"][-1, g0[1], g0[0]] < 0.05 and t["heatmaps"][-1].max() > 0.99  # ... its center is not
+    # without the cutoff the one-joint-wide person weighs 1 (the clamp), 6x a 6-px person
+    assert BAPoseCodec(SIZE, min_center_area=0).encode(kp, np.full(3, 1e4))["offset_weights"].max() == 1.0
+
+
+def _with_orientation(path: Path, stored: np.ndarray, tag: int) -> Path:
+    """Write ``stored`` (RGB) with the EXIF Orientation ``tag`` (PIL writes the tag; the pixels stay as given)."""
+    from PIL import Image
+
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = tag
+    im.save(path, exif=exif.tobytes(), **({"quality": 95} if path.suffix == ".jpg" else {}))
+    return path
+
+
+@pytest.mark.parametrize("tag", range(2, 9))
+def test_exif_orientation_is_applied_exactly_as_opencv_applies_it(tmp_path: Path, tag: int) -> None:
+    import cv2
+
+    from bapose.data.inputs import try_read_image as predict_read_image
+
+    stored = np.random.default_rng(tag).integers(0, 255, (40, 80, 3), dtype=np.uint8)
+    path = _with_orientation(tmp_path / f"o{tag}.png", stored, tag)  # PNG: lossless, so exact
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # OpenCV's own EXIF handling
+    np.testing.assert_array_equal(read_image(path), stored)  # no declared size: the stored frame (DEKR)
+    np.testing.assert_array_equal(read_image(path, default="exif"), shown)
+    np.testing.assert_array_equal(read_image(path, size=stored.shape[:2]), stored)  # the json's frame wins
+    if shown.shape != stored.shape:  # a 90-degree tag: the declared size tells the frames apart
+        np.testing.assert_array_equal(read_image(path, size=shown.shape[:2]), shown)
+    # bapose-predict: the same rule with ann_file's size, the image as shown without one
+    np.testing.assert_array_equal(predict_read_image(path), shown)
+    np.testing.assert_array_equal(predict_read_image(path, size=stored.shape[:2]), stored)
+
+
+@pytest.mark.parametrize("frame", ["stored", "shown"])
+def test_exif_rotated_jpeg_with_a_crowd_mask_trains_in_its_annotations_frame(tmp_path: Path, frame: str) -> None:
+    """A phone photo: a 128 x 64 JPEG stored sideways with Orientation 6. Its json declares either the stored size
+    (COCO's frame) or the shown one; image, crowd mask and keypoints come out in that frame and the run goes on
+    under on_bad_sample=raise (issue 19 item 10: it used to end with a DataError). A declared size that fits
+    neither frame is still an error naming the file."""
+    import cv2
+
+    stored = np.full((64, 128, 3), 40, np.uint8)
+    stored[8:28, 90:120] = 230  # the crowd region, bright, in the stored frame
+    path = _with_orientation(tmp_path / "a.jpg", stored, 6)
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert shown.shape == (128, 64, 3)
+    if frame == "stored":
+        (h, w), box, person = (64, 128), (90, 8, 30, 20), (30.0, 40.0)
+    else:  # the same region and person, rotated 90 degrees clockwise: (x, y) -> (h - 1 - y, x)
+        (h, w), box, person = (128, 64), (64 - 28, 90, 20, 30), (64 - 1 - 40.0, 30.0)
+    ann = _one_image_json(tmp_path, (h, w), [(_figure(*person, 4.0), 2000.0)], crowd_box=box)
+    _with_orientation(tmp_path / "a.jpg", stored, 6)  # _one_image_json wrote a plain image; put the photo back
+    ds = CocoKeypointDataset(ann, tmp_path, codec=BAPoseCodec(SIZE, min_center_area=0), train=True,
+                             input_size=SIZE, transform=_fixed(1.0), on_bad_sample="raise")
+    image = read_image(tmp_path / "a.jpg", ds._declared_size(1))
+    assert image.shape[:2] == (h, w)
+    s = ds[0]  # no DataError: mask and image agree
+    ignored = (s["heatmap_weights"].numpy() == 0).all(0)  # the crowd cells
+    bright = s["image"].numpy().mean(0).reshape(32, 4, 32, 4).mean((1, 3)) > 135
+    assert ignored.sum() >= 10 and (ignored <= bright).all()  # the masked cells are the bright region's
+    ev = CocoKeypointDataset(ann, tmp_path, train=False, input_size=SIZE)
+    assert tuple(ev[0]["orig_size"].tolist()) == (h, w)  # evaluation reads the same frame
+    # a declared size that is neither frame: the mask cannot be placed, the error names the file
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=50, height=50)
+    data["annotations"][-1]["segmentation"] = [[10, 10, 20, 10, 20, 20, 10, 20]]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="a.jpg"):
+        CocoKeypointDataset(ann, tmp_path, codec=BAPoseCodec(SIZE, min_center_area=0), train=True,
+                            input_size=SIZE, transform=_fixed(1.0))[0]

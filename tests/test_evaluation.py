@@ -75,6 +75,32 @@ def test_crowdpose_gt_against_itself_is_one_in_every_subset(crowdpose_sample: Pa
     assert stats["AP_easy"] == 1.0 and stats["AP_hard"] == 1.0 and math.isnan(stats["AP_medium"])
 
 
+# shared/data/README.md: crowdpose_sample/example_preds.json against test_crowdpose.json under CrowdPose rules
+# (xtcocotools 1.14.3 keypoints_crowd, use_area=False = official crowdposetools); no easy or hard image there
+CROWDPOSE_REFERENCE = {"AP": 0.3974, "AP50": 0.8, "AP75": 0.5, "AR": 0.7, "AR50": 1.0, "AR75": 1.0,
+                       "AP_medium": 0.3974}
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster"])
+def test_crowdpose_reference_values_pin_the_oks_scale(crowdpose_sample: Path, backend: str) -> None:
+    """The shared case whose AP depends on the CrowdPose OKS scale (bbox w*h*0.53): its reference values, and the
+    README's .3674 when the scale is w*h*0.5 (the boxes' widths x 0.5/0.53 make the evaluator's 0.53 scale that)."""
+    preds = load(crowdpose_sample / "example_preds.json")
+    ev = KeypointEvaluator(crowdpose_sample / "test_crowdpose.json", DatasetMeta.crowdpose(), mode="crowdpose",
+                           backend=backend)
+    ev.add_results(preds)
+    stats = ev.compute()
+    for k, v in CROWDPOSE_REFERENCE.items():
+        assert round(stats[k], 4) == pytest.approx(v, abs=1e-9), k
+    assert math.isnan(stats["AP_easy"]) and math.isnan(stats["AP_hard"])  # README: -1 / null, no such image
+    gt = load(crowdpose_sample / "test_crowdpose.json")
+    for ann in gt["annotations"]:
+        ann["bbox"][2] *= 0.5 / 0.53
+    ev = KeypointEvaluator(gt, DatasetMeta.crowdpose(), mode="crowdpose", backend=backend)
+    ev.add_results(preds)
+    assert round(ev.compute()["AP"], 4) == 0.3674
+
+
 def noisy_results(gt: dict, seed: int, scale: float) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []

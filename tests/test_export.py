@@ -34,6 +34,13 @@ def busy_ckpt(tmp_path_factory) -> Path:
     module.meta = DatasetMeta.coco()
     net = module.net
     with torch.no_grad():
+        # He-scaled head convs: DEKR's own init, Normal(0, 0.001), leaves an untrained net's head features ~0
+        for head in (net.heatmap_head, net.offset_head):
+            for m in head.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                elif isinstance(m, AdaptiveBlock):
+                    torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         for m in net.modules():
             if isinstance(m, AdaptiveBlock):
                 m.transform.weight.normal_(0, 0.02)   # A and t of ~0.5 px: the bilinear tap sampling matters
@@ -41,6 +48,7 @@ def busy_ckpt(tmp_path_factory) -> Path:
         for final in (net.heatmap_head.final, net.offset_head.final):
             final.weight.normal_(0, 0.005)
             final.bias.normal_(0, 0.1)
+        net.heatmap_head.final.bias[-1] = 0.3  # a center map above the decode threshold: people to compare
     ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
     module.on_save_checkpoint(ckpt)
     path = tmp_path_factory.mktemp("ckpt") / "busy.ckpt"

@@ -193,3 +193,52 @@ def test_adaptive_impls_agree_on_the_whole_net() -> None:
     assert all(m.impl == "torch" for m in net.modules() if isinstance(m, AdaptiveBlock))
     for got, want in zip(out, ref):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("decoder", [{}, None, {"init": "normal"}])
+def test_heads_are_initialised_as_dekr_and_dwasp_by_its_init_choice(decoder: dict | None) -> None:
+    """DEKR (hrnet_dekr.py init_weights) and MMPose (DEKRHead init_cfg): every head conv ~ Normal(0, 0.001), zero
+    bias, BN 1 / 0; DEKR zeroes the adaptive blocks' transform convs and leaves their deformable conv (not an
+    nn.Conv2d) at torchvision DeformConv2d's own U(+-1/sqrt(fan_in)). D-WASP (not in DEKR): Kaiming by default (the
+    author's WASP code), DEKR's Normal(0, 0.001) with init=normal."""
+    import math
+
+    net = _net(17, decoder, seed=3)
+    convs = 0
+    for head in (net.heatmap_head, net.offset_head):
+        for name, m in head.named_modules():
+            if isinstance(m, AdaptiveBlock):
+                bound = 1 / math.sqrt(m.channels * 9)
+                w = m.weight.detach()
+                assert w.abs().max() <= bound and w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+                assert m.transform.weight.abs().max() == 0 and m.transform.bias.abs().max() == 0
+            elif isinstance(m, torch.nn.Conv2d) and not name.endswith("transform"):
+                convs += 1
+                std = m.weight.detach().std().item()
+                assert std == pytest.approx(1e-3, rel=0.15 if m.weight.numel() > 400 else 0.3), name
+                assert m.bias is None or m.bias.abs().max() == 0
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                assert (m.weight == 1).all() and (m.bias == 0).all()
+    assert convs == 6  # heatmap: transition, 2 block convs, final; offset: transition, final (+ the blocks above)
+    if decoder is None:
+        return
+    for name, m in net.decoder.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 1000:
+            fan_in = m.weight[0].numel()
+            want = 1e-3 if decoder.get("init") == "normal" else math.sqrt(2 / fan_in)
+            assert m.weight.detach().std().item() == pytest.approx(want, rel=0.1), name
+    with pytest.raises(ConfigError, match="model.decoder.init"):
+        _net(17, {"init": "xavier"})
+
+
+def test_kaiming_head_init_is_the_stand_in_choice() -> None:
+    """head_init=kaiming (stand-in nets of tests, few-step runs): He normal for the heads' inner convs, the final
+    convs still Normal(0, 0.001); a bad name is a ConfigError."""
+    import math
+
+    net = _net(17, {}, seed=1, head_init="kaiming")
+    w = net.heatmap_head.transition[0].weight
+    assert w.std().item() == pytest.approx(math.sqrt(2 / w[0].numel()), rel=0.1)
+    assert net.heatmap_head.final.weight.std().item() == pytest.approx(1e-3, rel=0.3)
+    with pytest.raises(ConfigError, match="model.head_init"):
+        _net(17, {}, head_init="xavier")

@@ -279,8 +279,10 @@ def test_codec_upper_bound_on_generated_data(tmp_path: Path) -> None:
     if not script.exists():
         pytest.skip(f"'{script}' is not in this checkout")
     paths = ensure_dataset(tmp_path / "ub", num_train=0, num_val=24, image_size=256, seed=11)
-    res = subprocess.run([sys.executable, str(script), "--ann", str(paths["val_ann"]), "--input-size", "512"],
-                         capture_output=True, text=True, timeout=300)
+    # the 256 px images hold people below COCO's 32^2 in their own pixels, whom the COCO small-person rule leaves
+    # without a center on purpose (on the original area, as DEKR: issue 19); this bound is about the rest
+    res = subprocess.run([sys.executable, str(script), "--ann", str(paths["val_ann"]), "--input-size", "512",
+                          "--set", "min_center_area=0"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     ap = float(res.stdout.strip().splitlines()[-1].split("=")[1])
     assert ap >= 0.99
@@ -317,12 +319,14 @@ def test_dense_crowds_collide_and_the_default_codec_loses_nobody(dense_set: dict
     assert stats["people_per_image"] >= 10
     data = json.loads(paths["val_ann"].read_text())
     meta = DatasetMeta.coco()
-    ours = upper_bound(data, meta, "coco", 512)
+    # min_center_area 0: the 256 px images hold people below COCO's 32^2 in their own pixels (see above)
+    ours = upper_bound(data, meta, "coco", 512, BAPoseCodec(input_size=512, min_center_area=0))
     assert ours.stats["AP"] >= 0.999 and sum(ours.lost.values()) == 0 and ours.people == stats["people"]
     placed = sum(ours.centers.values())
     assert placed - ours.centers["ok"] >= 0.1 * placed  # >= 10 % of the natural centers collide
-    dekr = upper_bound(data, meta, "coco", 512, BAPoseCodec(input_size=512, offset_owner="smaller",
-                                                           center_collision="ignore", pose_nms="dekr"))
+    dekr = upper_bound(data, meta, "coco", 512, BAPoseCodec(input_size=512, min_center_area=0, offset_owner="smaller",
+                                                           center_collision="ignore", pose_nms="dekr",
+                                                           heatmap_window="dekr"))
     assert dekr.lost["center_collision"] > 0 and dekr.lost["offsets_owned"] > 0 and dekr.stats["AP"] < 0.95
 
 

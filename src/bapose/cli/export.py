@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.data.images import default_image, try_read_image
+from bapose.data.inputs import default_image, try_read_image
 from bapose.data.transforms import EvalTransform
 from bapose.errors import ConfigError, DataError
 from bapose.export.decode import decode_knobs, decode_numpy
@@ -39,7 +39,7 @@ def _to_batch(image: np.ndarray, input_size: int, resize: str | None = None) -> 
 
 
 def _parity_image(cfg: DictConfig) -> tuple[np.ndarray, str]:
-    """``cfg.image``, or a COCO sample photo (:func:`bapose.data.images.default_image`)."""
+    """``cfg.image``, or a COCO sample photo (:func:`bapose.data.inputs.default_image`)."""
     if not cfg.image:
         return default_image()
     image = try_read_image(Path(str(cfg.image)))

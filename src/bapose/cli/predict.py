@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
-from bapose.data.images import Frame, is_video, iter_images, iter_video, resolve_input
+from bapose.data.inputs import Frame, is_video, iter_images, iter_video, resolve_input
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError
 from bapose.evaluation import to_coco_results
@@ -85,9 +85,12 @@ class AnnIds:
         gt = read_json(ann_file)
         self.file = ann_file
         self._by_suffix: dict[str, Any] = {}
+        self._sizes: dict[Any, tuple[int, int]] = {}
         ambiguous = object()
         for img in gt.get("images", []) or []:
             if isinstance(img, dict) and "file_name" in img and "id" in img:
+                if isinstance(img.get("height"), (int, float)) and isinstance(img.get("width"), (int, float)):
+                    self._sizes[img["id"]] = (int(img["height"]), int(img["width"]))
                 parts = Path(str(img["file_name"]).replace("\\", "/")).parts
                 for i in range(len(parts)):
                     key = "/".join(parts[i:])
@@ -96,6 +99,11 @@ class AnnIds:
         if not self._by_suffix:
             raise DataError(f"file '{ann_file}': field 'images' has no entries with 'file_name' and 'id'; expected a "
                             f"COCO annotation file")
+
+    def size(self, name: str) -> tuple[int, int] | None:
+        """The ``(height, width)`` the file declares for the image ``name`` (None: not in it, or not declared)."""
+        image_id = self.get(name)
+        return None if image_id is None else self._sizes.get(image_id)
 
     def get(self, name: str) -> Any:
         parts = Path(name).parts
@@ -125,6 +133,11 @@ class _Outputs:
         self.people = self.seen = 0
         self.writer: cv2.VideoWriter | None = None
         self.video_path: Path | None = None
+
+    def size_of(self, name: str) -> tuple[int, int] | None:
+        """The ``(height, width)`` ``ann_file`` declares for the image ``name``: it orients the image as the
+        annotations are (:func:`bapose.data.images.orient_image`); None without an annotation file."""
+        return self.ids.size(name) if self.ids is not None else None
 
     def _image_id(self, f: Frame) -> Any:
         if self.ids is None:
@@ -235,8 +248,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         frames: Iterator[Frame] = iter_video(source, capture)
         outputs = _Outputs(cfg, model, out_dir, ann_file, (source, capture.get(cv2.CAP_PROP_FPS) or 25.0))
     else:
-        total, frames = len(paths), iter_images(paths, root, skipped)
         outputs = _Outputs(cfg, model, out_dir, ann_file, None)
+        total, frames = len(paths), iter_images(paths, root, skipped, outputs.size_of)
         log.info("bapose-predict: %d images under '%s'%s", total, text, "" if cfg.recursive else " (top level only)")
     from tqdm.auto import tqdm
 

@@ -25,12 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bapose.codecs.ownership import CENTER_STATUS  # noqa: F401  (re-exported: Layout.status indexes it)
+from bapose.codecs.ownership import (BLOCKED, OK, OUTSIDE, SMALL, DekrOffsets, dekr_offsets, person_owners,
+                                     place_centers)
+from bapose.codecs.targets import (HEATMAP_WINDOWS, box_diagonals, downsample_mask, heatmap_weights, joint_centers,
+                                  offset_targets, on_map, splat_gaussians)
 from bapose.errors import ConfigError, DataError
 
 
@@ -38,47 +42,6 @@ from bapose.errors import ConfigError, DataError
 GRID_ALIGNS = ("center", "dekr")
 
 
-def _gaussian_splat(heat: np.ndarray, channels: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> None:
-    """Max-merge unit-peak Gaussians into ``heat (C, h, w)`` in place.
-
-    Args:
-        channels, xs, ys: ``(P,)`` channel index and sub-pixel grid position of each Gaussian.
-        sigma: standard deviation in grid pixels; the Gaussian is cut at 3 sigma (a square window).
-    """
-    if len(xs) == 0:
-        return
-    _, h, w = heat.shape
-    r = int(math.ceil(3 * sigma))
-    d = np.arange(-r, r + 1)
-    px = np.round(xs).astype(np.int64)[:, None] + d  # (P, S)
-    py = np.round(ys).astype(np.int64)[:, None] + d
-    # unbiased: the value is exact at every grid pixel, the continuous peak (1) sits at the sub-pixel joint
-    gx = np.exp(-((px - xs[:, None]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    gy = np.exp(-((py - ys[:, None]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    vals = gy[:, :, None] * gx[:, None, :]  # (P, S, S)
-    valid = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-    shape = vals.shape
-    c = np.broadcast_to(channels[:, None, None], shape)[valid]
-    yy = np.broadcast_to(py[:, :, None], shape)[valid]
-    xx = np.broadcast_to(px[:, None, :], shape)[valid]
-    # several people may write the same pixel of the same joint: keep the maximum (max-merge, DEKR)
-    np.maximum.at(heat, (c, yy, xx), vals[valid])
-
-
-def _downsample_mask(mask: np.ndarray, grid: tuple[int, int], stride: int) -> np.ndarray:
-    """``(H, W)`` or ``(h, w)`` bool mask -> ``(h, w)`` bool: a grid cell is ignored when most of it is ignored."""
-    h, w = grid
-    if mask.shape == (h, w):
-        return mask.astype(bool)
-    H, W = mask.shape
-    if (H, W) != (h * stride, w * stride):
-        raise DataError(f"encode: field 'ignore_mask' has shape {tuple(mask.shape)}; expected the input image size "
-                        f"{(h * stride, w * stride)} or the output grid {(h, w)}")
-    if not mask.any():
-        return np.zeros((h, w), bool)
-    # area average of a 0/255 image (cv2's INTER_AREA is ~10x faster than a numpy block mean at 512^2)
-    frac = cv2.resize((mask != 0).view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_AREA)
-    return frac >= 128
 
 
 # Rule names (codec fields ``offset_owner``, ``center_collision``, ``pose_nms``); the first of each is DEKR's.
@@ -86,14 +49,8 @@ OFFSET_OWNERS = ("smaller", "center_first", "nearest_center")
 CENTER_COLLISIONS = ("ignore", "nearest_free")
 POSE_NMS_RULES = ("dekr", "oks", "none")
 
-# What encode did with each person's center (``Layout.status``), by index.
-CENTER_STATUS = ("ok", "snapped", "moved", "small", "outside", "blocked")
-_OK, _SNAPPED, _MOVED, _SMALL, _OUTSIDE, _BLOCKED = range(len(CENTER_STATUS))
 # OKS sigma of every joint when a codec is built without the dataset's (COCO's shoulders; CrowdPose's mean)
 DEFAULT_OKS_SIGMA = 0.079
-# a center pixel must beat every other person's center Gaussian in its NMS window by this much: float32 rounding of
-# the splatted map cannot turn the order, and a near-tie is relocated rather than left to chance
-_PEAK_MARGIN = 1e-3
 
 
 class Layout(NamedTuple):
@@ -103,7 +60,9 @@ class Layout(NamedTuple):
     any); ``peak (N, 2)`` where the person's center Gaussian is centred (the center, or the pixel it was moved or
     snapped to; NaN: no center); ``pixel (N, 2)`` int64 center pixel, whose offsets the decoder reads (-1: none);
     ``status (N,)`` int64 index into :data:`CENTER_STATUS`; ``diag (N,)`` diagonal of the labelled-joint box (>= 1);
-    ``owner (h, w)`` int64 person whose offsets each grid pixel carries (-1: none).
+    ``owner (h, w)`` int64 person whose offsets each grid pixel carries (-1: none; under ``offset_owner=smaller``
+    the last person to write any joint there, DEKR's ``area_map``); ``dekr``: under ``offset_owner=smaller``
+    DEKR's offset maps with their per-joint ownership (:class:`~bapose.codecs.ownership.DekrOffsets`), else None.
     """
 
     grid: np.ndarray
@@ -114,6 +73,13 @@ class Layout(NamedTuple):
     status: np.ndarray
     diag: np.ndarray
     owner: np.ndarray
+    dekr: DekrOffsets | None = None
+
+    @property
+    def joint_owner(self) -> np.ndarray | None:
+        """``(K, h, w)`` whose joint ``k`` each pixel carries under DEKR's per-joint rule; None: ``owner`` holds for
+        every joint."""
+        return None if self.dekr is None else self.dekr.joint_owner
 
     @property
     def has_center(self) -> np.ndarray:
@@ -136,27 +102,32 @@ class BAPoseCodec:
     pose; the decode knobs below are read by the predictor (:mod:`bapose.predictor`), which does the rest.
 
     The defaults are rules that lose nobody a network could find (``scripts/codec_upper_bound.py`` reports the
-    losses by cause); ``conf/codec/dekr.yaml`` selects DEKR's exact rules (``offset_owner=smaller``,
-    ``center_collision=ignore``, ``pose_nms=dekr``) for the paper's baseline rows.
+    losses by cause); ``conf/codec/dekr.yaml`` selects DEKR's rules (``offset_owner=smaller``,
+    ``center_collision=ignore``, ``pose_nms=dekr``, ``heatmap_window=dekr``), which the paper rows use. The
+    targets themselves are the pure functions of :mod:`bapose.codecs.targets` and :mod:`bapose.codecs.ownership`.
 
     Args:
         input_size: training input size, ``S`` (square) or ``(H, W)``; the grid is ``input_size / stride``.
         stride: output stride of the network (4).
-        keypoint_sigma: Gaussian sigma of joint heatmaps, in grid pixels (DEKR 2; the paper mentions 3).
+        keypoint_sigma: Gaussian sigma of joint heatmaps, in grid pixels (DEKR 2; BAPose §4: 3).
         center_sigma: Gaussian sigma of the center heatmap, in grid pixels.
         offset_radius: offsets are regressed in a ``(2r+1)^2`` square of grid pixels around each person's center.
         background_weight: heatmap loss weight outside every Gaussian (1 inside, 0 in ignore regions).
-        min_center_area: people whose area (``encode``'s ``areas``, in **input** pixels, i.e. the annotation area
-            already scaled by the augmentation) is below this get no center and no offsets; their joints still get
-            heatmaps. DEKR compares original-image areas with 32^2; at eval-like scales the two are close.
+        min_center_area: people whose area (``encode``'s ``areas``: the annotation's own area in original-image
+            pixels, not scaled by the augmentation, as DEKR's ``get_joints`` compares ``obj['area'] < 32**2``) is
+            below this get no center and no offsets; their joints still get heatmaps.
         per_joint_offset_weights: ``True`` (default, DEKR) gives
             ``(2K, h, w)`` with 0 for unlabelled joints (broadcasts the same way in a loss, and stops the net from
             learning a 0 offset for joints nobody labelled).
-        offset_owner: who regresses a grid pixel where offset squares overlap. ``smaller`` (DEKR): the person with
-            the smaller joint box, everywhere, even at a larger neighbour's center pixel (the one pixel the decoder
-            reads for that neighbour, who is then lost); ``center_first``: every person owns their own center pixel,
-            the rest as ``smaller``; ``nearest_center`` (default): own center pixel first, every other pixel to the
-            person whose center (Gaussian peak) is nearest, ties to the smaller.
+        offset_owner: who regresses a grid pixel where offset squares overlap. ``smaller``: DEKR's
+            ``OffsetGenerator`` (:func:`~bapose.codecs.ownership.dekr_offsets`): per joint channel, the
+            smaller person (labelled-joint box diagonal) among those that labelled the joint wins, even at a larger
+            neighbour's center pixel (the one pixel the decoder reads for that neighbour); its square is DEKR's
+            ``[int(c) - r, int(c) + r)`` and joints off the output map are not regressed. ``center_first``: every
+            person owns their whole own center pixel, the rest of their ``(2r+1)^2`` square goes to the smaller;
+            ``nearest_center`` (default): own center pixel first, every other pixel to the person whose center
+            (Gaussian peak) is nearest, ties to the smaller. The last two regress every labelled joint, on the map
+            or not, from whole pixels.
         center_collision: ``ignore`` (DEKR) lets two centers share a grid pixel, or one center's Gaussian hide a
             nearby one from center NMS (one of the two is lost); ``nearest_free`` (default) checks every center,
             larger people first, against the decoder's center NMS (window from the grid size, as ``nms_kernel``):
@@ -203,6 +174,12 @@ class BAPoseCodec:
         grid_align: ``"center"`` (our convention, see the module docstring) or ``"dekr"`` (DEKR's ``x = stride·g``,
             its heat-value reading and flip shift: for checkpoints converted from DEKR). ``None``: ``center`` at
             training; in ``bapose-eval`` / ``bapose-predict`` the value stored in the checkpoint.
+        heatmap_window: ``3sigma`` (default): each Gaussian fills ``round(g) ± ceil(3 sigma)`` and is drawn when
+            its pixel is on the map; ``dekr``: DEKR's ``HeatmapGenerator`` window ``floor(g - 3 sigma - 1) ..
+            ceil(g + 3 sigma + 2) - 1``, drawn only for ``0 <= g < size`` (:mod:`bapose.codecs.targets`).
+        min_center_diagonal: people whose labelled-joint box diagonal (grid pixels, as augmented) is below this
+            get no center and no offsets (MMPose's SPR ``minimal_diagonal_length``, sqrt(32) in its DEKR configs;
+            it bounds the offset weight 1 / diagonal, which is otherwise clamped at 1). 0: no such rule.
     """
 
     input_size: int | tuple[int, int] = 512
@@ -230,6 +207,8 @@ class BAPoseCodec:
     refine_radius: int | None = None
     rescore_path: str | None = None
     grid_align: str | None = None
+    heatmap_window: str = "3sigma"
+    min_center_diagonal: float = 0.0
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -277,6 +256,12 @@ class BAPoseCodec:
             if not os.path.isfile(path):
                 raise ConfigError(f"codec: field 'rescore_path' '{path}' is not a file; expected a rescoring net "
                                   "written by scripts/train_rescore.py, or null")
+        if self.heatmap_window not in HEATMAP_WINDOWS:
+            raise ConfigError(f"codec: field 'heatmap_window' is {self.heatmap_window!r}; expected one of "
+                              f"{list(HEATMAP_WINDOWS)}")
+        if not self.min_center_diagonal >= 0:
+            raise ConfigError(f"codec: field 'min_center_diagonal' is {self.min_center_diagonal!r}; expected >= 0 "
+                              "grid pixels (MMPose: sqrt(32) = 5.657; 0: no rule)")
         if self.grid_align not in (None, *GRID_ALIGNS):
             raise ConfigError(f"codec: field 'grid_align' is {self.grid_align!r}; expected one of {list(GRID_ALIGNS)} "
                               "or null")
@@ -338,142 +323,66 @@ class BAPoseCodec:
         """Centers, center pixels and offset ownership of one image's people (what :meth:`encode` draws).
 
         Args:
-            keypoints: ``(N, K, 3)`` (x, y, v) in input pixels; areas: ``(N,)`` in input pixels.
-            grid_hw: ``(h, w)`` of the output grid.
+            keypoints: ``(N, K, 3)`` (x, y, v) in input pixels; areas: ``(N,)`` the small-person rule's areas
+                (see ``min_center_area``). grid_hw: ``(h, w)`` of the output grid.
         """
         kp = np.asarray(keypoints, dtype=np.float64)
         if kp.ndim != 3 or kp.shape[2] != 3:
             raise DataError(f"encode: field 'keypoints' has shape {kp.shape}; expected (N, K, 3)")
-        n = kp.shape[0]
         area = np.asarray(areas, dtype=np.float64).reshape(-1)
-        if area.shape[0] != n:
-            raise DataError(f"encode: field 'areas' has {area.shape[0]} entries; expected {n} (one per person)")
+        if area.shape[0] != kp.shape[0]:
+            raise DataError(f"encode: field 'areas' has {area.shape[0]} entries; expected {kp.shape[0]} (one per "
+                            "person)")
         h, w = grid_hw
         g = self.to_grid(kp[..., :2])  # (N, K, 2)
         labelled = (kp[..., 2] > 0) & np.isfinite(g).all(-1)
-        count = labelled.sum(1)
-        gz = np.where(labelled[..., None], g, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            center = gz.sum(1) / count[:, None]  # (N, 2), NaN without labelled joints
-        ci = np.round(np.nan_to_num(center, nan=-1.0)).astype(np.int64)
-        inside = (count > 0) & (ci[:, 0] >= 0) & (ci[:, 0] < w) & (ci[:, 1] >= 0) & (ci[:, 1] < h)
-        status = np.where(~inside, _OUTSIDE, np.where(area < self.min_center_area, _SMALL, _OK)).astype(np.int64)
-        # offset weight 1 / diagonal of the labelled-joint box (grid pixels), as DEKR's 1/sqrt(w^2 + h^2)
-        lo = np.where(labelled[..., None], g, np.inf).min(1)
-        hi = np.where(labelled[..., None], g, -np.inf).max(1)
-        diag = np.maximum(np.nan_to_num(np.hypot(*(hi - lo).T), nan=1.0, posinf=1.0), 1.0)
+        center = joint_centers(g, labelled)  # (N, 2), NaN without labelled joints
+        size = box_diagonals(g, labelled)  # raw: 0 for one joint, NaN for none
+        # offset weight 1 / diagonal of the labelled-joint box (grid pixels), MMPose's SPR; clamped at 1 px
+        diag = np.maximum(np.nan_to_num(size, nan=1.0), 1.0)
+        ci = np.clip(np.round(np.nan_to_num(center, nan=-1.0)).astype(np.int64), -1, [w, h])
+        if self.heatmap_window == "dekr":  # DEKR draws a center Gaussian for 0 <= c < size only
+            inside = labelled.any(1) & on_map(center[:, 0], center[:, 1], grid_hw, "dekr")
+            ci = np.minimum(ci, [w - 1, h - 1])  # the Gaussian's top pixel when w - 0.5 <= c < w
+        else:
+            inside = labelled.any(1) & (ci[:, 0] >= 0) & (ci[:, 0] < w) & (ci[:, 1] >= 0) & (ci[:, 1] < h)
+        small = (area < self.min_center_area) | (np.nan_to_num(size, nan=0.0) < self.min_center_diagonal)
+        status = np.where(~inside, OUTSIDE, np.where(small, SMALL, OK)).astype(np.int64)
 
-        has = status == _OK
+        has = status == OK
         peak = np.where(has[:, None], center, np.nan)
         pixel = np.where(has[:, None], ci, -1)
         # larger people first: they keep their natural center pixel, smaller neighbours give way
         order = np.nonzero(has)[0][np.argsort(-diag[has], kind="stable")]
         if self.center_collision == "nearest_free" and len(order) > 1:
-            order = self._place_centers(order, center, ci, (h, w), peak, pixel, status)
-        owner = self._owners(order, peak, pixel, diag, (h, w))
-        return Layout(g, labelled, center, peak, pixel, status, diag, owner)
-
-    def _place_centers(self, order: np.ndarray, center: np.ndarray, ci: np.ndarray, grid_hw: tuple[int, int],
-                       peak: np.ndarray, pixel: np.ndarray, status: np.ndarray) -> np.ndarray:
-        """``center_collision=nearest_free``: give every person a center peak that survives center NMS.
-
-        A pixel ``q`` with Gaussian centre ``c`` is free when, in the merged center map, ``q`` beats every placed
-        person's Gaussian inside its NMS window and ``c`` does not beat any placed person at their own pixel inside
-        theirs (a Gaussian is strongest at the window pixel nearest its centre, so one value per pair decides).
-        People whose natural center clashes with nobody keep it; the others are placed after them, in ``order``
-        (larger first), each on the first free candidate: the natural pixel with the sub-pixel Gaussian, then pixels
-        by distance to the center with the Gaussian on the pixel. Updates ``peak``, ``pixel``, ``status`` in place;
-        returns ``order`` restricted to the people that got a center.
-        """
-        h, w = grid_hw
-        r = self._kernel(h, w) // 2
-        two_s2 = 2.0 * self.center_sigma**2
-        limit = np.array([w - 1, h - 1])
-
-        def own(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C,) each Gaussian at its own pixel
-            return np.exp(-((pix - cen) ** 2).sum(-1) / two_s2)
-
-        def strongest(pix: np.ndarray, cen: np.ndarray) -> np.ndarray:  # (C, P): Gaussian p inside window(c)
-            near = np.clip(np.round(cen)[None], np.maximum(pix - r, 0)[:, None], np.minimum(pix + r, limit)[:, None])
-            return np.exp(-((near - cen[None]) ** 2).sum(-1) / two_s2)
-
-        # all natural centers at once: most people clash with nobody (one vectorised test, no loop)
-        pix0, cen0 = ci[order], center[order]
-        val0 = own(pix0, cen0)
-        threat = strongest(pix0, cen0)  # [i, j]: j's Gaussian inside i's window
-        np.fill_diagonal(threat, -np.inf)
-        clash = threat + _PEAK_MARGIN >= val0[:, None]
-        clash = clash.any(1) | clash.any(0)
-        placed_pix, placed_peak, placed_val = pix0[~clash], cen0[~clash], val0[~clash]
-
-        d = np.arange(-max(self.offset_radius, r + 1), max(self.offset_radius, r + 1) + 1)
-        square = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)  # (S, 2) (dx, dy)
-        for i in order[clash]:
-            cand = np.concatenate([ci[i][None], ci[i] + square])
-            cand = cand[((cand >= 0) & (cand <= limit)).all(1)]
-            dist = ((cand[1:] - center[i]) ** 2).sum(-1)
-            cand = np.concatenate([cand[:1], cand[1:][np.argsort(dist, kind="stable")]])
-            cen = cand.astype(np.float64)
-            cen[0] = center[i]  # the natural pixel first, with the sub-pixel Gaussian; then on pixels
-            val = own(cand, cen)
-            free = (val > strongest(cand, placed_peak).max(1, initial=-np.inf) + _PEAK_MARGIN) \
-                & (strongest(placed_pix, cen).T + _PEAK_MARGIN < placed_val[None]).all(1)
-            hit = np.nonzero(free)[0]
-            if not len(hit):
-                status[i], peak[i], pixel[i] = _BLOCKED, np.nan, -1
-                continue
-            j = hit[0]
-            if j > 0:
-                status[i] = _SNAPPED if (cand[j] == ci[i]).all() else _MOVED
-            peak[i], pixel[i] = cen[j], cand[j]
-            placed_pix = np.concatenate([placed_pix, cand[j:j + 1]])
-            placed_peak = np.concatenate([placed_peak, cen[j:j + 1]])
-            placed_val = np.append(placed_val, val[j])
-        return order[pixel[order, 0] >= 0]
-
-    def _owners(self, order: np.ndarray, peak: np.ndarray, pixel: np.ndarray, diag: np.ndarray,
-                grid_hw: tuple[int, int]) -> np.ndarray:
-        """``(h, w)`` int64: the person whose offsets each grid pixel carries (-1: none), by ``offset_owner``.
-
-        Each person bids for the ``(2r+1)^2`` square around their center pixel with a key (lower wins, compared
-        as (primary, secondary); an equal key goes to the later bidder, and bidders come largest first):
-        ``smaller``: (diagonal, -); ``center_first``: own center pixel (-inf, diagonal), else (diagonal, -);
-        ``nearest_center``: own center pixel (-inf, diagonal), else (squared distance to the center, diagonal).
-        """
-        h, w = grid_hw
-        owner = np.full((h, w), -1, np.int64)
-        if not len(order):
-            return owner
-        best = np.full((2, h, w), np.inf)
-        r = self.offset_radius
-        for i in order:
-            cx, cy = pixel[i]
-            x0, x1, y0, y1 = max(cx - r, 0), min(cx + r + 1, w), max(cy - r, 0), min(cy + r + 1, h)
-            if self.offset_owner == "nearest_center":
-                xs, ys = np.arange(x0, x1) - peak[i, 0], np.arange(y0, y1) - peak[i, 1]
-                primary = ys[:, None] ** 2 + xs[None, :] ** 2
-            else:
-                primary = np.full((y1 - y0, x1 - x0), diag[i])
-            if self.offset_owner != "smaller":
-                primary[cy - y0, cx - x0] = -np.inf
-            secondary = diag[i] if self.offset_owner != "smaller" else 0.0
-            b = best[:, y0:y1, x0:x1]
-            take = (primary < b[0]) | ((primary == b[0]) & (secondary <= b[1]))
-            b[0][take], b[1][take] = primary[take], secondary
-            owner[y0:y1, x0:x1][take] = i
-        return owner
+            order = place_centers(order, center, ci, (h, w), peak, pixel, status, self._kernel(h, w) // 2,
+                                  self.center_sigma, max(self.offset_radius, self._kernel(h, w) // 2 + 1))
+        if self.offset_owner != "smaller":
+            owner = person_owners(order, peak, pixel, diag, (h, w), self.offset_radius, self.offset_owner)
+            return Layout(g, labelled, center, peak, pixel, status, diag, owner)
+        # DEKR: every person with a center row (not small) regresses, in annotation order, from its square at
+        # int(center) (the moved peak under nearest_free), even when its Gaussian is off the map
+        eligible = labelled.any(1) & (status != SMALL) & (status != BLOCKED)
+        origin = np.where(np.isfinite(peak), peak, center)
+        dekr = dekr_offsets(g, labelled, origin, eligible, np.nan_to_num(size, nan=0.0), 1.0 / diag, (h, w),
+                            self.offset_radius)
+        return Layout(g, labelled, center, peak, pixel, status, diag, dekr.last, dekr)
 
     def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
-               image_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+               image_size: tuple[int, int] | None = None,
+               valid_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Training targets of one image.
 
         Args:
             keypoints: ``(N, K, 3)`` (x, y, v) in input pixels; ``v > 0`` means labelled. ``N`` may be 0 (shape
                 ``(0, K, 3)``, so K is known).
-            areas: ``(N,)`` person areas in input pixels (for the small-person rule).
+            areas: ``(N,)`` the small-person rule's person areas: the annotation's area in original-image pixels
+                (``min_center_area``; the dataset passes the json's own, unscaled by the augmentation).
             ignore_mask: ``(H, W)`` (or grid ``(h, w)``) bool, True where the loss must ignore heatmaps
                 (crowd / unlabelled people).
             image_size: ``(H, W)`` of this image when it differs from ``input_size`` (e.g. eval-shaped images).
+            valid_mask: ``(H, W)`` (or grid) bool, True where the input shows the source image; grid cells mostly
+                outside it (the augmentation's padding) get heatmap weight 0 and no offsets. None: all valid.
 
         Returns:
             float32 arrays ``heatmaps (K+1, h, w)`` (center last), ``heatmap_weights (K+1, h, w)``,
@@ -485,35 +394,29 @@ class BAPoseCodec:
             raise DataError(f"encode: image size {(H, W)} is not a multiple of stride {self.stride}")
         h, w = H // self.stride, W // self.stride
         lay = self.layout(keypoints, areas, (h, w))
-        g, labelled = lay.grid, lay.labelled
+        g, labelled, window = lay.grid, lay.labelled, self.heatmap_window
         k = g.shape[1]
 
         heat = np.zeros((k + 1, h, w), np.float32)
-        offsets = np.zeros((2 * k, h, w), np.float32)
-        off_w = np.zeros((2 * k if self.per_joint_offset_weights else 1, h, w), np.float32)
-
-        inside = labelled & (g[..., 0] >= -0.5) & (g[..., 0] < w - 0.5) & (g[..., 1] >= -0.5) & (g[..., 1] < h - 0.5)
-        person, joint = np.nonzero(inside)
-        _gaussian_splat(heat, joint, g[person, joint, 0], g[person, joint, 1], self.keypoint_sigma)
+        person, joint = np.nonzero(labelled & on_map(g[..., 0], g[..., 1], (h, w), window))
+        splat_gaussians(heat, joint, g[person, joint, 0], g[person, joint, 1], self.keypoint_sigma, window)
         # small people get no center (their joints were drawn above)
         idx = np.nonzero(lay.has_center)[0]
-        _gaussian_splat(heat, np.full(len(idx), k), lay.peak[idx, 0], lay.peak[idx, 1], self.center_sigma)
+        splat_gaussians(heat, np.full(len(idx), k), lay.peak[idx, 0], lay.peak[idx, 1], self.center_sigma, window)
 
-        ys, xs = np.nonzero(lay.owner >= 0)
-        if len(ys):
-            who = lay.owner[ys, xs]  # (P,)
-            lab = labelled[who]  # (P, K); unlabelled joints: offset 0 (weight 0 with per_joint_offset_weights)
-            offsets[0::2, ys, xs] = np.where(lab, g[who, :, 0] - xs[:, None], 0.0).T
-            offsets[1::2, ys, xs] = np.where(lab, g[who, :, 1] - ys[:, None], 0.0).T
-            inv = 1.0 / lay.diag[who]
-            if self.per_joint_offset_weights:
-                off_w[:, ys, xs] = (np.repeat(lab, 2, axis=1) * inv[:, None]).T
-            else:
-                off_w[0, ys, xs] = inv
-
-        weights = np.where(heat > 0, np.float32(1.0), np.float32(self.background_weight))
-        if ignore_mask is not None:
-            weights[:, _downsample_mask(np.asarray(ignore_mask), (h, w), self.stride)] = 0.0
+        if lay.dekr is None:
+            offsets, off_w = offset_targets(g, labelled, 1.0 / lay.diag, lay.owner, self.per_joint_offset_weights)
+        else:  # DEKR's OffsetGenerator made them with the ownership
+            offsets, off_w = lay.dekr.offsets, lay.dekr.weights
+            if not self.per_joint_offset_weights:
+                off_w = off_w.max(0, keepdims=True)
+        ignore = None if ignore_mask is None else downsample_mask(np.asarray(ignore_mask), (h, w), self.stride)
+        invalid = None
+        if valid_mask is not None:
+            invalid = downsample_mask(~np.asarray(valid_mask, bool), (h, w), self.stride, "valid_mask")
+            offsets[:, invalid] = 0.0  # no offsets where the input shows padding, as no heatmap loss there
+            off_w[:, invalid] = 0.0
+        weights = heatmap_weights(heat, self.background_weight, ignore, invalid)
         return {"heatmaps": heat, "heatmap_weights": weights, "offsets": offsets, "offset_weights": off_w}
 
     # ------------------------------------------------------------------ decode

@@ -2,8 +2,9 @@
 
 Everything that can be wrong with the annotation file or the image folder is checked when the dataset is built, so a
 run fails before training starts with a message naming the file, annotation id and field. Per sample, the dataset
-reads the image with OpenCV, builds the ignore mask (crowd regions and people without labelled keypoints), applies
-the training augmentation and encodes the codec targets — inside the DataLoader workers.
+reads the image with OpenCV (in the orientation its annotations were made in: ``orient_image``), builds the ignore
+mask (crowd regions and people without labelled keypoints), applies the training augmentation and encodes the codec
+targets — inside the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bapose.data.images import read_image  # re-exported: the one image reader of the suite
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError, DataError, check_unique_ids, where
@@ -32,15 +34,14 @@ __all__ = [
 
 _MAX_LISTED = 5  # how many missing image paths an error message names
 TRAIN_IMAGES = ("labelled", "annotated")  # CocoKeypointDataset(train_images=...)
-_JPEG_TAIL = 256  # bytes at the end of a JPEG searched for its end-of-image marker
-_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 class KeypointEncoder(Protocol):
     """What the dataset needs of ``bapose.codecs.BAPoseCodec``."""
 
-    def encode(self, keypoints: np.ndarray, areas: np.ndarray,
-               ignore_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+    def encode(self, keypoints: np.ndarray, areas: np.ndarray, ignore_mask: np.ndarray | None = None,
+               image_size: tuple[int, int] | None = None,
+               valid_mask: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def _main_process_rank() -> int:
@@ -86,56 +87,6 @@ def limit_cv2_threads_before_fork(threads: int = 1) -> None:
     """
     if cv2.getNumThreads() != threads:
         cv2.setNumThreads(threads)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; a missing, empty or undecodable file raises DataError naming it."""
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as err:
-        raise DataError(f"{where(path)}: image cannot be read ({err.strerror}); expected an image file") from None
-    if size == 0:
-        raise DataError(f"{where(path)}: image file is empty (0 bytes); expected a JPEG/PNG image")
-    # colour decoding drops alpha and expands grey so every sample has 3 channels; IMREAD_COLOR_RGB (OpenCV >= 4.10)
-    # lets libjpeg emit RGB directly: the same pixels as IMREAD_COLOR + BGR2RGB, without the extra pass
-    image = cv2.imread(path, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise DataError(f"{where(path)}: image is corrupt or not in a format OpenCV can decode "
-                        f"({size} bytes); expected a JPEG/PNG image")
-    if _jpeg_truncated(path, size):
-        raise DataError(f"{where(path)}: JPEG is truncated ({size} bytes, no end-of-image marker; the decoder would "
-                        "fill the missing rows grey); expected a complete JPEG/PNG image")
-    if _IMREAD_RGB is None:
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
-    return image
-
-
-def _jpeg_truncated(path: str, size: int) -> bool:
-    """Whether a JPEG file lost its end (an interrupted copy or download).
-
-    libjpeg, hence ``cv2.imread``, decodes such a file without an error and fills the missing rows grey, so training
-    would silently learn from half images. Entropy-coded JPEG data never holds the bytes FF D9 (a data FF is stuffed
-    as FF 00), so an end-of-image marker in the last bytes means the file is whole. Without one the file is either
-    truncated or followed by a large trailer (e.g. a motion photo's video); PIL's decoder, which does raise on missing
-    data, decides those rare cases. PNG and the other formats already fail in ``cv2.imread`` when truncated.
-    """
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":  # not a JPEG
-            return False
-        f.seek(max(0, size - _JPEG_TAIL))
-        if b"\xff\xd9" in f.read():
-            return False
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-    except ImportError:  # pragma: no cover - pillow ships with torchvision
-        return True
-    except OSError:  # "image file is truncated" and friends
-        return True
-    return False
 
 
 def load_coco_keypoint_json(ann_file: str | os.PathLike, keypoints_field: str = "keypoints") -> dict:
@@ -356,6 +307,13 @@ class CocoKeypointDataset(Dataset):
             return float(ann["bbox"][2]) * float(ann["bbox"][3])
         return 0.0
 
+    def _declared_size(self, image_id: Any) -> tuple[int, int] | None:
+        """``(height, width)`` the json declares for an image (the frame of its annotations), or None."""
+        info = self._images[image_id]
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+        return None
+
     def _image_path(self, image_id: Any) -> Path:
         return self.image_dir / self._images[image_id]["file_name"]
 
@@ -419,7 +377,7 @@ class CocoKeypointDataset(Dataset):
             image_id = self.ids[(index + attempt) % len(self.ids)]
             path = self._image_path(image_id)
             try:
-                image = read_image(path)
+                image = read_image(path, self._declared_size(image_id))
             except DataError as err:
                 if self.on_bad_sample == "raise":
                     raise
@@ -436,7 +394,8 @@ class CocoKeypointDataset(Dataset):
             raise DataError(f"{where(self._image_path(image_id))}: image is {image.shape[1]}x{image.shape[0]} but "
                             f"{where(self.ann_file, 'images')} says {mask.shape[1]}x{mask.shape[0]} (width x height)")
         out = self.transform(image, keypoints, areas, mask, rng=self._rng())
-        targets = self.codec.encode(out["keypoints"], out["areas"], out["ignore_mask"])
+        # the small-person rule reads the annotation's own area (DEKR: obj['area'] < 32**2), not the augmented one
+        targets = self.codec.encode(out["keypoints"], areas, out["ignore_mask"], valid_mask=out["valid_mask"])
         # a (3, S, S) view, not a copy: the collate's stack makes the one contiguous copy of the batch
         sample = {"image": torch.from_numpy(out["image"]).permute(2, 0, 1)}
         for name in ("heatmaps", "heatmap_weights", "offsets", "offset_weights"):

@@ -1,175 +1,126 @@
-"""Images outside a dataset json: decoding a file that may not be an image, walking a folder tree or a glob, video
-frames, and a real photo for checks (``bapose-predict``, ``bapose-export``).
+"""Image files as RGB arrays, in the orientation of their annotations (EXIF), with truncated JPEGs caught.
 
-The dataset's own reader (:func:`bapose.data.dataset.read_image`) raises on a bad file; here a file that cannot be
-decoded is reported and skipped, as a user's folder of photos holds other files too.
+A training image, its masks and its keypoints must share one frame. COCO-style annotations are drawn on the stored
+pixels (DEKR decodes with ``IMREAD_IGNORE_ORIENTATION``), while a photo's EXIF Orientation tag asks viewers (and
+``cv2.imread`` by default) to turn it: :func:`orient_image` lets the size the json declares decide.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
-from bapose.errors import DataError
+from bapose.errors import ConfigError, DataError, where
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-_GLOB_CHARS = "*?["
+__all__ = ["IMAGE_FRAMES", "exif_orientation", "orient_image", "read_image"]
 
+_JPEG_TAIL = 256  # bytes at the end of a JPEG searched for its end-of-image marker
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
-@dataclass
-class Frame:
-    """One image to predict on: its name (path relative to the input folder, or ``<video>#<frame>``), RGB uint8
-    ``(H, W, 3)``, and its position in the input order (the running image id without an annotation file)."""
-
-    name: str
-    image: np.ndarray
-    index: int
-
-
-def try_read_image(path: Path) -> np.ndarray | None:
-    """RGB uint8 ``(H, W, 3)``, or None when the file cannot be decoded (corrupt or not an image)."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths everywhere
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None or image.ndim != 3 or image.size == 0:
-        return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+# EXIF orientation (tag 0x0112) -> the array operation that shows the stored pixels upright (tags 5-8 transpose)
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+IMAGE_FRAMES = ("stored", "exif")  # read_image(default=...): the frame taken when no declared size decides
 
 
-def is_video(path: Path) -> bool:
-    """``path`` is a file with a video extension."""
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+def exif_orientation(source: str | os.PathLike | bytes) -> int:
+    """The EXIF Orientation tag (1-8) of an image file (a path or its bytes); 1 when it has none or cannot say."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)) as im:
+            tag = int(im.getexif().get(0x0112, 1))
+    except (OSError, ValueError, TypeError):
+        return 1
+    return tag if tag in _ORIENT else 1
 
 
-def _why_skipped(path: Path) -> str:
-    if path.suffix.lower() in VIDEO_EXTENSIONS:
-        return "a video: give it as input= on its own"
-    return f"not an image file, extension '{path.suffix}'"
+def orient_image(raw: np.ndarray, orientation: Callable[[], int], size: tuple[int, int] | None = None,
+                 default: str = "stored") -> np.ndarray:
+    """The orientation of an image its annotations were made in, from the stored pixels ``raw (H, W, 3)``.
 
-
-def list_images(folder: Path, recursive: bool = True) -> tuple[list[Path], dict[Path, str]]:
-    """Image files under a folder, sorted by relative path (hidden files and folders left out).
-
-    Returns:
-        ``(images, skipped)``: the image paths, and every other file with the reason it is skipped.
+    Annotations (and the masks drawn from them) live in the frame whose size the json declares: ``size`` =
+    ``(height, width)`` equal to the stored pixels' keeps them as stored (COCO's frame; DEKR decodes with
+    ``IMREAD_IGNORE_ORIENTATION``); equal only to the EXIF-oriented size (a 90-degree tag) applies the tag, so
+    image, masks and keypoints agree either way. A size that fits both (no tag, a 180-degree or mirror tag, a square
+    image) keeps the stored pixels; one that fits neither keeps them too (the caller reports the mismatch). Without
+    a declared size: ``default`` ``stored`` (datasets, as DEKR) or ``exif`` (the image as shown: ``bapose-predict``
+    without an annotation file). ``orientation()`` reads the tag; it is called only when it can matter.
     """
-    files, skipped = [], {}
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    for p in sorted(candidates, key=lambda q: q.relative_to(folder).as_posix()):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or p.is_dir():
-            continue
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(p)
-        else:
-            skipped[p] = _why_skipped(p)
-    return files, skipped
+    if default not in IMAGE_FRAMES:
+        raise ConfigError(f"read_image: default frame '{default}'; expected one of {list(IMAGE_FRAMES)}")
+    stored = tuple(raw.shape[:2])
+    if (size is None and default == "stored") or (size is not None and tuple(size) == stored):
+        return raw
+    tag = orientation()
+    if tag == 1:
+        return raw
+    turned = np.ascontiguousarray(_ORIENT[tag](raw))
+    if size is None or tuple(turned.shape[:2]) == tuple(size):
+        return turned
+    return raw
 
 
-def _resolve_glob(text: str, recursive: bool) -> tuple[Path, list[Path], dict[Path, str]]:
-    parts = Path(text).parts
-    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS)), len(parts))
-    root = Path(*parts[:fixed]) if fixed else Path(".")
-    images, skipped = [], {}
-    for match in sorted(glob.glob(text, recursive=True)):
-        p = Path(match)
-        if p.is_dir():
-            sub, sub_skipped = list_images(p, recursive)
-            images += sub
-            skipped.update(sub_skipped)
-        elif p.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(p)
-        else:
-            skipped[p] = _why_skipped(p)
-    if not images:
-        raise DataError(f"field 'input': the pattern '{text}' matches no image file")
-    return root, sorted(dict.fromkeys(images), key=lambda q: q.relative_to(root).as_posix()), skipped
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None, default: str = "stored") -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; a missing, empty or undecodable file raises DataError naming it.
+
+    ``size``: the ``(height, width)`` its annotation file declares, which decides whether the EXIF orientation is
+    applied (:func:`orient_image`; without it, ``default`` decides).
+    """
+    path = os.fspath(path)
+    declared = size
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise DataError(f"{where(path)}: image cannot be read ({err.strerror}); expected an image file") from None
+    if size == 0:
+        raise DataError(f"{where(path)}: image file is empty (0 bytes); expected a JPEG/PNG image")
+    # colour decoding drops alpha and expands grey so every sample has 3 channels; IMREAD_COLOR_RGB (OpenCV >= 4.10)
+    # lets libjpeg emit RGB directly: the same pixels as IMREAD_COLOR + BGR2RGB, without the extra pass
+    # the stored pixels: the orientation is decided below, against the annotation's declared size
+    flags = (_IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imread(path, flags)
+    if image is None or image.size == 0:
+        raise DataError(f"{where(path)}: image is corrupt or not in a format OpenCV can decode "
+                        f"({size} bytes); expected a JPEG/PNG image")
+    if _jpeg_truncated(path, size):
+        raise DataError(f"{where(path)}: JPEG is truncated ({size} bytes, no end-of-image marker; the decoder would "
+                        "fill the missing rows grey); expected a complete JPEG/PNG image")
+    if _IMREAD_RGB is None:
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    return orient_image(image, lambda: exif_orientation(path), declared, default)
 
 
-def resolve_input(text: str, recursive: bool = True) -> tuple[Path, list[Path], dict[Path, str]]:
-    """``input=`` -> ``(root, images, skipped)``: a folder (walked), one image, or a glob. Names are kept relative
-    to ``root`` (the folder, the image's folder, or the glob's folders before its first wildcard)."""
-    if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
-        return _resolve_glob(text, recursive)
-    source = Path(text)
-    if not source.exists():
-        raise DataError(f"field 'input': '{source}' does not exist; expected an image, a folder of images, a glob "
-                        "or a video")
-    if source.is_dir():
-        images, skipped = list_images(source, recursive)
-        if not images:
-            where = "under" if recursive else "in"
-            raise DataError(f"field 'input': no image files {where} folder '{source}'"
-                            + ("" if recursive else " (recursive=false: subfolders not searched)"))
-        return source, images, skipped
-    if source.suffix.lower() in IMAGE_EXTENSIONS:
-        return source.parent, [source], {}
-    raise DataError(f"field 'input': '{source}' is neither an image ({', '.join(IMAGE_EXTENSIONS)}), a video "
-                    f"({', '.join(VIDEO_EXTENSIONS)}), a folder nor a glob")
+def _jpeg_truncated(path: str, size: int) -> bool:
+    """Whether a JPEG file lost its end (an interrupted copy or download).
 
+    libjpeg, hence ``cv2.imread``, decodes such a file without an error and fills the missing rows grey, so training
+    would silently learn from half images. Entropy-coded JPEG data never holds the bytes FF D9 (a data FF is stuffed
+    as FF 00), so an end-of-image marker in the last bytes means the file is whole. Without one the file is either
+    truncated or followed by a large trailer (e.g. a motion photo's video); PIL's decoder, which does raise on missing
+    data, decides those rare cases. PNG and the other formats already fail in ``cv2.imread`` when truncated.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return False
+        f.seek(max(0, size - _JPEG_TAIL))
+        if b"\xff\xd9" in f.read():
+            return False
+    try:
+        from PIL import Image
 
-def iter_images(paths: Sequence[Path], root: Path | None = None,
-                skipped: dict[Path, str] | None = None) -> Iterator[Frame]:
-    """Decode images one at a time (``Frame.name`` relative to ``root``); a file that cannot be decoded is recorded
-    in ``skipped`` (or warned about when no dict is given) and left out."""
-    n = 0
-    for p in paths:
-        image = try_read_image(p)
-        name = p.relative_to(root).as_posix() if root is not None else p.name
-        if image is None:
-            reason = "cannot be decoded as an image (corrupt or truncated?)"
-            if skipped is None:
-                warnings.warn(f"bapose-predict: skipping '{p}': {reason}", stacklevel=2)
-            else:
-                skipped[p] = reason
-            continue
-        yield Frame(name, image, n)
-        n += 1
-
-
-def iter_video(path: Path, capture: cv2.VideoCapture) -> Iterator[Frame]:
-    """The frames of an open video, named ``<file name>#<frame index>``."""
-    i = 0
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            return
-        yield Frame(f"{path.name}#{i}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i)
-        i += 1
-
-
-def generated_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
-    """A deterministic RGB uint8 test picture with edges, flat areas and texture (not a constant: parity on a
-    constant image would hide errors in the sampling of the adaptive convs)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 23 + yy / 31)], -1) * 255
-    img = img.astype(np.uint8)
-    for _ in range(12):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        cv2.circle(img, (x, y), int(rng.integers(10, 80)), c, -1)
-        cv2.line(img, (x, y), (int(rng.integers(0, width)), int(rng.integers(0, height))), c, 3)
-    noise = rng.normal(0, 8, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-def default_image() -> tuple[np.ndarray, str]:
-    """A real photo for checks: a COCO sample image from ``$BAPOSE_SHARED/data`` or ``../shared/data`` beside the
-    checkout; when neither exists, a generated picture (:func:`generated_image`). Returns ``(image, source)``."""
-    repo = Path(__file__).resolve().parents[3]
-    roots = [Path(os.environ["BAPOSE_SHARED"])] if os.environ.get("BAPOSE_SHARED") else []
-    roots.append(repo.parent / "shared")
-    for root in roots:
-        for p in sorted((root / "data" / "coco_sample").glob("*.jpg")):
-            image = try_read_image(p)
-            if image is not None:
-                return image, str(p)
-    return generated_image(), "generated"
+        with Image.open(path) as im:
+            im.load()
+    except ImportError:  # pragma: no cover - pillow ships with torchvision
+        return True
+    except OSError:  # "image file is truncated" and friends
+        return True
+    return False

@@ -278,8 +278,8 @@ class DatasetMeta:
 
 
 # ---------------------------------------------------------------------------------------------------- rule sets
-# The small-person rule of each dataset rule set (BAPoseCodec.min_center_area, input pixels): COCO's 32^2, as
-# DEKR's COCOKeypoints.get_joints; none for CrowdPose-format data, as DEKR's CrowdPoseKeypoints.get_joints.
+# The small-person rule of each dataset rule set (BAPoseCodec.min_center_area, on the annotation's original-image
+# area): COCO's 32^2, as DEKR's COCOKeypoints.get_joints; none for CrowdPose-format data, as its CrowdPoseKeypoints.
 MIN_CENTER_AREA = {"coco": 32.0**2, "crowdpose": 0.0}
 
 

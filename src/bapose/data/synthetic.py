@@ -100,7 +100,8 @@ class SynthSpec:
             queue seen from the front): its center within ``stack_spread`` of the other's, its size drawn anew.
             Centers then share grid pixels often. 0 (default) draws no extra random numbers: same bytes as before.
         min_area: least visible body area (pixels) of a labelled person. The codec gives people below its
-            ``min_center_area`` (32^2 at the input size) no center; dense crowds occlude many people below it.
+            ``min_center_area`` (COCO rules: 32^2 of the annotation's own area) no center; dense crowds occlude
+            many people below it.
         stack_spread: the stacked center is the other's center plus a uniform offset in
             ``[-stack_spread, stack_spread]`` x the long side, per axis.
         jpeg_quality: cv2 JPEG quality.

@@ -19,6 +19,10 @@ otherwise. Keypoints outside the output frame keep their coordinates and visibil
 check decides they are unusable.
 Areas scale by the zoom squared. The optional photometric jitter is albumentations'
 ``ColorJitter`` (off by default, as in DEKR; it costs ~2 ms at 512).
+The *valid* mask says which input pixels show the source image (the rest is the warp's zero padding): DEKR
+(``COCOKeypoints.get_mask`` warped with border 0) and MMPose (``BottomupRandomAffine`` on the image mask) give that
+padding weight 0 in the heatmap loss rather than training it as background; it is ``None`` when the whole crop lies
+inside the source (most zoomed-in draws), so such samples pay nothing for it.
 
 Evaluation: resize with the short side = ``input_size`` (aspect kept), zero-pad right/bottom to multiples of
 ``size_divisor``; ``input_to_orig`` (2, 3) maps input pixel centres back to original pixel centres.
@@ -42,7 +46,7 @@ from bapose.errors import ConfigError
 
 __all__ = [
     "AffineParams", "EVAL_RESIZES", "EvalTransform", "TrainTransform", "apply_affine", "dekr_resize_matrix",
-    "eval_resize_matrix", "flip_keypoints", "invert_affine", "train_affine_matrix",
+    "eval_resize_matrix", "flip_keypoints", "invert_affine", "train_affine_matrix", "valid_mask",
 ]
 
 # evaluation resize rules (``EvalTransform.resize``, data field ``eval_resize``)
@@ -113,6 +117,19 @@ def train_affine_matrix(height: int, width: int, output_size: int, params: Affin
     if params.flip:
         matrix = _compose(hflip_matrix(output_size), matrix)
     return matrix, zoom
+
+
+def valid_mask(height: int, width: int, matrix: np.ndarray, output_size: int) -> np.ndarray | None:
+    """``(S, S)`` bool: which pixels of the ``output_size``² warp of a ``height`` x ``width`` image come from it
+    (nearest sampling, as the image's own border test: a pixel centre mapped to ``[-0.5, side - 0.5)``), or None when
+    all of them do (the four corner pixels map inside; the source rectangle is convex)."""
+    last = output_size - 1.0
+    corners = apply_affine(np.array([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]]), invert_affine(matrix))
+    if ((corners >= -0.5) & (corners < [width - 0.5, height - 0.5])).all():
+        return None
+    ones = np.ones((height, width), np.uint8)
+    return cv2.warpAffine(ones, matrix, (output_size, output_size), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
 def flip_keypoints(keypoints: np.ndarray, flip_index: Sequence[int], width: int) -> np.ndarray:
@@ -246,8 +263,9 @@ class TrainTransform:
             rng: random source (a fresh one if None); ``params`` fixes the draw instead (tests, visualisation).
 
         Returns:
-            dict with ``image`` (S, S, 3) uint8, ``keypoints`` (N, K, 3) float32, ``areas`` (N,) float32,
-            ``ignore_mask`` (S, S) bool or None, ``matrix`` (2, 3) source -> input, ``params``.
+            dict with ``image`` (S, S, 3) uint8, ``keypoints`` (N, K, 3) float32, ``areas`` (N,) float32 (scaled by
+            the zoom squared), ``ignore_mask`` (S, S) bool or None, ``valid_mask`` (S, S) bool (True where the input
+            shows the source image) or None (all of it does), ``matrix`` (2, 3) source -> input, ``params``.
         """
         rng = rng if rng is not None else np.random.default_rng()
         h, w = image.shape[:2]
@@ -261,6 +279,7 @@ class TrainTransform:
             # nearest keeps the mask binary; outside the source image nothing is ignored (black padding = background)
             mask = cv2.warpAffine(ignore_mask.astype(np.uint8), matrix, size, flags=cv2.INTER_NEAREST,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        valid = valid_mask(h, w, matrix, self.input_size)
         kpts = np.asarray(keypoints, dtype=np.float64).copy()
         if kpts.size:
             kpts[..., :2] = apply_affine(kpts[..., :2], matrix)  # flip already inside the matrix
@@ -271,7 +290,7 @@ class TrainTransform:
             out = self.photometric(image=out)["image"]
         return {"image": out, "keypoints": kpts.astype(np.float32),
                 "areas": (np.asarray(areas, dtype=np.float64) * zoom * zoom).astype(np.float32),
-                "ignore_mask": mask, "matrix": matrix, "params": params}
+                "ignore_mask": mask, "valid_mask": valid, "matrix": matrix, "params": params}
 
 
 class EvalTransform:

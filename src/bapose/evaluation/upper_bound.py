@@ -67,8 +67,9 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
     was lost why.
 
     Each image is planned as evaluation resizes it (short side = ``input_size``, padded to ``size_divisor``
-    multiples, ``bapose.data.transforms.eval_resize_matrix``); people are encoded in that input frame with areas
-    scaled by the resize (bbox w*h where the json has no ``area``), decoded, mapped back to original pixels and scored.
+    multiples, ``bapose.data.transforms.eval_resize_matrix``); people are encoded in that input frame (the
+    small-person rule on the json's own ``area``, bbox w*h where it has none), decoded, mapped back to original
+    pixels and scored.
     """
     data = json.loads(Path(gt).read_text()) if not isinstance(gt, Mapping) else gt
     # by default the small-person rule of the scoring rule set (COCO 32^2, CrowdPose none), as training resolves it
@@ -92,8 +93,8 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
         orig = np.asarray([a["keypoints"] for a in anns], np.float64).reshape(len(anns), k, 3)
         kp = orig.copy()
         kp[..., :2] = apply_affine(kp[..., :2], invert_affine(input_to_orig))
-        zoom = (rw / img["width"]) * (rh / img["height"])
-        areas = np.asarray([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns]) * zoom
+        # the small-person rule reads the annotation's own area (original pixels), as DEKR and the dataset do
+        areas = np.asarray([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns], np.float64)
         scales = np.asarray([gt_oks_scale(a, mode) for a in anns])
         out = outcomes(codec, kp, areas, padded, meta.sigmas, scales, oks_threshold, orig, input_to_orig)
         evaluator.update([img["id"]], [to_original(out.trace.poses.numpy(), input_to_orig)],
@@ -128,7 +129,7 @@ def outcomes(codec: BAPoseCodec, keypoints: np.ndarray, areas: np.ndarray, image
     """Encode one image's people, decode the targets, and say what became of each person.
 
     Args:
-        keypoints: ``(N, K, 3)`` in input pixels; areas: ``(N,)`` input pixels (small-person rule);
+        keypoints: ``(N, K, 3)`` in input pixels; areas: ``(N,)`` the small-person rule's (original) areas;
         image_size: ``(H, W)`` of the input image; sigmas: ``(K,)`` OKS sigmas;
         oks_scales: ``(N,)`` the evaluator's OKS scale per person, in the pixels of ``original``;
         original: ``(N, K, 3)`` the annotation in original pixels (default: ``keypoints``), with

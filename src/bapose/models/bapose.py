@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,9 +12,10 @@ from torch import Tensor, nn
 from bapose.errors import ConfigError
 from bapose.models.adaptive import AdaptiveBasis, AdaptiveBlock, AdaptiveImpl, check_impl
 from bapose.models.backbone import HRNetBackbone
-from bapose.models.dwasp import DWASP
+from bapose.models.dwasp import DWASP, NORMAL_INIT_STD
 from bapose.models.heads import HeatmapHead, OffsetHead
 
+HEAD_INITS = ("dekr", "kaiming")  # BAPoseNet(head_init=...)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -34,7 +36,7 @@ class BAPoseNet(nn.Module):
         pretrained: ImageNet weights for the backbone through timm (needs the hub).
         num_keypoints: K (17 for COCO, 14 for CrowdPose), from ``DatasetMeta`` / ``${data.num_keypoints}``.
         decoder: keyword arguments of :class:`DWASP` except the channel counts (``dilations``, ``planes``,
-            ``low_level_planes``, ``conv_type``); ``{}`` for the paper's D-WASP; None for the DEKR baseline
+            ``low_level_planes``, ``conv_type``, ``init``); ``{}`` for the paper's D-WASP; None for the DEKR baseline
             (heads on the raw C-channel concat).
         heatmap_channels: width of the heatmap head (32 for W32, 48 for W48).
         heatmap_blocks: residual BasicBlocks of the heatmap head (1, DEKR's ``HEAD_HEATMAP.NUM_BLOCKS``).
@@ -44,6 +46,10 @@ class BAPoseNet(nn.Module):
         adaptive_basis: ``"regular"`` (default) or ``"stored"``: per-joint tap bases saved with the weights
             (:class:`AdaptiveBlock`; ``bapose-convert dekr`` sets it for DEKR files whose ``regular_matrix`` buffers
             are not the regular grid).
+        head_init: ``"dekr"`` (default): DEKR's initialisation of the heads (see :meth:`_init_weights`);
+            ``"kaiming"``: He normal for the heads' inner convs (their final convs keep Normal(0, 0.001)), whose
+            untrained features are O(1) where DEKR's are ~1e-3 (BN's running statistics need some hundred steps to
+            follow those): for stand-in nets of tests and few-step runs, not for paper runs.
         init_from: a checkpoint to start from (a bapose checkpoint, a converted or raw DEKR file): after the
             initialisation, every layer whose weights fit is loaded from it and one log line names what was loaded
             and what was not (:func:`bapose.init_from.init_from_checkpoint`). Loading a trained checkpoint of this
@@ -61,12 +67,15 @@ class BAPoseNet(nn.Module):
                  decoder: Mapping[str, Any] | None = None, heatmap_channels: int = 32, heatmap_blocks: int = 1,
                  offset_channels_per_joint: int = 15, offset_blocks: int = 2,
                  adaptive_impl: AdaptiveImpl = "auto", adaptive_basis: AdaptiveBasis = "regular",
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, head_init: str = "dekr") -> None:
         super().__init__()
         if int(num_keypoints) < 1:
             raise ConfigError(f"field 'model.num_keypoints': expected a positive joint count, got {num_keypoints}")
         self.num_keypoints = int(num_keypoints)
         check_impl(adaptive_impl)
+        if head_init not in HEAD_INITS:
+            raise ConfigError(f"field 'model.head_init': expected one of {list(HEAD_INITS)}, got {head_init!r}")
+        self.head_init = head_init
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -96,25 +105,35 @@ class BAPoseNet(nn.Module):
         return f"{'DEKR' if self.decoder is None else 'BAPose'} {self.backbone.name}"
 
     def _init_weights(self) -> None:
-        # the backbone keeps timm's (or ImageNet) init; the new layers: He init for convs before BN, and small
-        # final layers as in DEKR, so the first heatmaps are near the mostly-zero targets and offsets near 0
-        for module in (self.decoder, self.heatmap_head, self.offset_head):
-            if module is None:
-                continue
+        """DEKR's initialisation of the heads (HRNet/DEKR ``lib/models/hrnet_dekr.py`` ``init_weights``; MMPose's
+        ``DEKRHead`` init_cfg): every conv from Normal(0, 0.001) with zero bias, BN weight 1 and bias 0; in each
+        adaptive block the transform conv zero (DEKR zeroes ``transform_matrix_conv`` / ``translation_conv``: the
+        block starts as a plain 3×3 conv) and the deformable weight as DEKR leaves it, torchvision
+        ``DeformConv2d``'s own U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (DEKR's loop only visits ``nn.Conv2d``). The
+        backbone keeps timm's (or ImageNet) weights; D-WASP initialises itself (``model.decoder.init``)."""
+        he = self.head_init == "kaiming"  # the stand-in choice: He normal for the inner convs
+        finals = (self.heatmap_head.final, self.offset_head.final)
+        for module in (self.heatmap_head, self.offset_head):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    if he and not any(m is f for f in finals):
+                        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    else:
+                        nn.init.normal_(m.weight, std=NORMAL_INIT_STD)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
-        for m in self.offset_head.modules():  # after the generic conv init, which visits children last
+        for m in self.offset_head.modules():
             if isinstance(m, AdaptiveBlock):
-                m.reset_parameters()  # A and t back to zero: each block starts as a plain 3×3 conv
-        for final in (self.heatmap_head.final, self.offset_head.final):
-            nn.init.normal_(final.weight, std=1e-3)
-            nn.init.zeros_(final.bias)
+                if he:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                else:
+                    bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan in of one output channel: channels x 3 x 3
+                    nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.transform.weight)
+                nn.init.zeros_(m.transform.bias)
 
     def set_adaptive_impl(self, impl: AdaptiveImpl) -> None:
         """Switch every adaptive block's kernel, e.g. to ``"torch"`` before an ONNX export."""

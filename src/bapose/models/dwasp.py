@@ -12,6 +12,12 @@ from torch import Tensor, nn
 from bapose.errors import ConfigError
 
 ConvType = Literal["standard", "separable"]
+# D-WASP's initialisation (``DWASP(init=...)``, ``model.decoder.init``): D-WASP is not in DEKR, whose ``init_weights``
+# draws every conv it builds from Normal(0, 0.001); the paper's author initialises the WASP modules of his own
+# released code (bmartacho/OmniPose ``models/wasp.py``, ``_AtrousModule._init_weight``) with Kaiming normal
+DecoderInit = Literal["kaiming", "normal"]
+DECODER_INITS = ("kaiming", "normal")
+NORMAL_INIT_STD = 1e-3  # DEKR hrnet_dekr.py init_weights, MMPose DEKRHead init_cfg
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
@@ -63,14 +69,20 @@ class DWASP(nn.Module):
         planes: P, the output width; default C/4 (120 for W32, 180 for W48).
         low_level_planes: width the low-level features are reduced to; default P/8.
         conv_type: ``"standard"`` or ``"separable"`` (depthwise + pointwise) for the 3×3 convs.
+        init: ``"kaiming"`` (default): He normal (fan in, ReLU) for every conv, as the author's own WASP code;
+            ``"normal"``: Normal(0, 0.001), what DEKR's ``init_weights`` gives every conv of its net (its heads
+            included), for a DEKR-style run. BN: weight 1, bias 0 in both.
 
     Shapes: ``(B, C, h, w), (B, low_level_channels, h, w) -> (B, P, h, w)``.
     """
 
     def __init__(self, in_channels: int, low_level_channels: int, dilations: Sequence[int] = (1, 6, 12, 18),
                  planes: int | None = None, low_level_planes: int | None = None,
-                 conv_type: ConvType = "standard") -> None:
+                 conv_type: ConvType = "standard", init: DecoderInit = "kaiming") -> None:
         super().__init__()
+        if init not in DECODER_INITS:
+            raise ConfigError(f"field 'model.decoder.init': expected one of {list(DECODER_INITS)}, got {init!r}")
+        self.init = init
         self.dilations = tuple(int(d) for d in dilations)
         if not self.dilations or min(self.dilations) < 1:
             raise ConfigError(f"field 'model.decoder.dilations': expected a non-empty list of integers >= 1, "
@@ -90,6 +102,21 @@ class DWASP(nn.Module):
         self.fuse = nn.Sequential(conv_bn_relu(planes + low, planes, 3, conv_type=conv_type),
                                   conv_bn_relu(planes, planes, 3, conv_type=conv_type))
         self.out_channels = planes
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every conv by ``self.init`` (see the class docstring) and every BN to the identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if self.init == "normal":
+                    nn.init.normal_(m.weight, std=NORMAL_INIT_STD)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, low_level: Tensor) -> Tensor:
         branches, y = [], x
@@ -101,4 +128,4 @@ class DWASP(nn.Module):
         return self.fuse(torch.cat((y, self.low_level(low_level)), dim=1))
 
     def extra_repr(self) -> str:
-        return f"dilations={self.dilations}, planes={self.planes}, conv_type={self.conv_type!r}"
+        return f"dilations={self.dilations}, planes={self.planes}, conv_type={self.conv_type!r}, init={self.init!r}"
