@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import bapose
-from bapose.convert import convert_dekr
+from bapose.checkpoints.convert import convert_dekr
 from bapose.utils.bench import machine, timeit, write_section
 
 REPO = Path(__file__).resolve().parents[1]

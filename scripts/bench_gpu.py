@@ -58,7 +58,7 @@ DATA_OPTION = OPTIONS[3]
 
 def build_net(model: str, k: int, impl: str | None) -> nn.Module:
     """``conf/model/<model>.yaml`` with K joints, random init (offline)."""
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
     from bapose.models import build_model
 
     overrides = [f"model={model}", "data=coco", f"data.num_keypoints={k}"]
@@ -144,7 +144,7 @@ def measure_option(args: argparse.Namespace, option: SpeedOption, device: torch.
 
 def measure_data_wait(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Share of step wall time spent waiting for the real dataloader (``--workers`` workers) and the copy."""
-    from bapose.cli.train import build_datamodule, compose_config
+    from bapose.build import build_datamodule, compose_config
 
     cfg = compose_config([
         "data=synthetic", f"data.input_size={args.size}", f"data.synthetic.image_size={args.size}",

@@ -47,7 +47,7 @@ TOLERANCE = 0.10
 
 def build(model: str, device: str = "cpu", adaptive_impl: str | None = None) -> nn.Module:
     """``conf/model/<model>.yaml`` with COCO's K and random init (offline), on ``device`` (``"meta"``: shapes only)."""
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
     from bapose.models import build_model
 
     overrides = [f"model={model}", "data=coco"]

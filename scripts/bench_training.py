@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra train-config overrides (Hydra syntax)")
     args = parser.parse_args()
 
-    from bapose.cli.train import build_datamodule, build_module, compose_config
+    from bapose.build import build_datamodule, build_module, compose_config
 
     base, described = demo_overrides()
     cfg = compose_config([*base, *args.overrides])

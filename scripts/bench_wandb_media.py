@@ -31,7 +31,7 @@ def main() -> None:
 
     import wandb
 
-    from bapose.cli.train import build_datamodule, build_module, compose_config
+    from bapose.build import build_datamodule, build_module, compose_config
     from bapose.training.callbacks import draw_predictions
 
     cfg = compose_config(["experiment=demo"])

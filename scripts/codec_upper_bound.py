@@ -12,16 +12,15 @@ table, the people lost by cause (no_center, center_collision, max_people, offset
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import yaml
 
-from bapose.cli.score import format_table, resolve_dataset
-from bapose.codecs import BAPoseCodec
+from bapose.codecs import build_codec
+from bapose.data.coco import read_json
+from bapose.evaluation.scoring import format_table, resolve_dataset
 from bapose.evaluation.upper_bound import upper_bound
-from bapose.data.metadata import MIN_CENTER_AREA
 from bapose.errors import ConfigError, exit_on_error
 
 CODEC_CONF = Path(__file__).resolve().parents[1] / "conf" / "codec"
@@ -66,13 +65,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=("pycocotools", "faster"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    gt = json.loads(args.ann.read_text())
+    gt = read_json(args.ann)
     meta, mode = resolve_dataset(gt, args.dataset, args.ann)
     kwargs = codec_kwargs(args.codec, args.set)
     kwargs["input_size"] = args.input_size
-    if kwargs.get("min_center_area") is None:  # null: the rule set's small-person rule (COCO 32^2, CrowdPose none)
-        kwargs["min_center_area"] = MIN_CENTER_AREA[mode]
-    codec = BAPoseCodec(**kwargs)
+    kwargs.setdefault("min_center_area", None)  # null: the rule set's small-person rule (COCO 32^2, CrowdPose none)
+    codec = build_codec(kwargs, input_size=args.input_size, rule_set=mode, name=args.ann.name)
     result = upper_bound(args.ann, meta, mode, args.input_size, codec, backend=args.backend, oks_threshold=args.oks)
     print(f"codec upper bound, {mode} rules, input {args.input_size}, codec {args.codec} {' '.join(args.set)}: "
           f"{args.ann}")

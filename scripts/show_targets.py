@@ -21,15 +21,15 @@ crossed out in red with the cause (``bapose.evaluation.upper_bound``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from bapose.cli.score import resolve_dataset
+from bapose.evaluation.scoring import resolve_dataset
 from bapose.codecs import BAPoseCodec
+from bapose.data.coco import read_json
 from bapose.evaluation.upper_bound import outcomes
 from bapose.data.dataset import CocoKeypointDataset, read_image
 from bapose.data.transforms import EvalTransform, apply_affine, invert_affine
@@ -122,7 +122,7 @@ def render_ownership(ann: Path, images: Path, n: int, input_size: int, crop: int
     """RGB rows for the ``n`` images with the most people: the ground truth, then the ownership under each rule set
     of :data:`RULES`, on the ``crop`` x ``crop`` grid pixels around where DEKR's rules lose the most people,
     magnified ``zoom`` times."""
-    data = json.loads(Path(ann).read_text())
+    data = read_json(ann)
     meta, mode = resolve_dataset(data)
     per: dict[int, list[dict]] = {}
     for a in data["annotations"]:

@@ -89,7 +89,7 @@ def count_collectives(out_dir: str) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from bapose.cli.train import build_datamodule, build_module, compose_config, instantiate_list
+    from bapose.build import build_datamodule, build_module, compose_config, instantiate_list
 
     torch.set_num_threads(1)
     cfg = compose_config(["data.input_size=64", "data.synthetic.num_train=32", "data.synthetic.num_val=2",

@@ -14,7 +14,7 @@ from torch import nn
 
 from bapose.errors import CheckpointError
 from bapose.training import BAPoseModule
-from bapose.utils.checkpoint import (
+from bapose.checkpoints.io import (
     AtomicCheckpointIO,
     extract_net_state,
     load_checkpoint_safely,

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bapose.cli.train import build_module, compose_config
+from bapose.build import build_module, compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule

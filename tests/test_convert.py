@@ -16,10 +16,11 @@ import bapose
 from _dekr import (bapose_to_dekr, layout_for_k, official_layouts, outputs_of, reference_cases, reference_dir,
                    write_state_dict, zeros_state_dict)
 from bapose.cli.convert import main as convert_main
-from bapose.convert import convert_dekr, dekr_layout, dekr_to_bapose
+from bapose.checkpoints.convert import convert_dekr
+from bapose.models.dekr import dekr_layout, dekr_to_bapose
 from bapose.errors import CheckpointError, ConfigError
 from bapose.models import AdaptiveBlock, BAPoseNet
-from bapose.utils.checkpoint import check_state_dict_compatible
+from bapose.checkpoints.io import check_state_dict_compatible
 
 CASES = reference_cases()
 
@@ -242,11 +243,11 @@ def test_converted_checkpoint_in_eval_predict_and_export(tmp_path, tiny_dekr, co
 
     import numpy as np
 
-    from bapose.cli.evaluate import evaluate
+    from bapose.training.evaluate import evaluate
     from bapose.cli.export import export
     from bapose.cli.predict import predict
     from bapose.data.inputs import try_read_image as read_image
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
     from bapose.data.transforms import EvalTransform
     from bapose.predictor import predict as run_inference
     from bapose.predictor import to_original

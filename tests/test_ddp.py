@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 
 # 5 val images over 2 ranks: DistributedSampler pads with a repeated image, which the gather must drop
 DATA = [
@@ -56,7 +56,7 @@ def _save_module_checkpoint(cfg, path: Path) -> None:
     """A Lightning-style checkpoint of a freshly seeded module (net weights + bapose metadata)."""
     import lightning as L
 
-    from bapose.cli.train import build_datamodule, build_module
+    from bapose.build import build_datamodule, build_module
 
     L.seed_everything(0)
     dm = build_datamodule(cfg)
@@ -102,7 +102,7 @@ def test_ddp_cpu_fits_validates_and_resumes_like_one_process(tmp_path):
     """2 gloo processes: fit 1 epoch, start again with the same run_id and 2 epochs (resumes from last.ckpt); the
     2-process validation of the best checkpoint equals a 1-process evaluation of it; the ranks drew their own
     augmentations; every rank has its own log file."""
-    from bapose.cli.evaluate import evaluate
+    from bapose.training.evaluate import evaluate
 
     run = tmp_path / "outputs" / "train" / "runs" / "ddp-a"
     spy = ["+callbacks.draws._target_=ddp_spies.RecordDraws", f"+callbacks.draws.out_dir={tmp_path / 'draws'}"]

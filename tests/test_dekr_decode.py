@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bapose.codecs import BAPoseCodec, load_rescore
 from bapose.codecs.rescore import dekr_pose_features
-from bapose.convert import DEKR_LINKS, convert_dekr_rescore
+from bapose.checkpoints.convert import DEKR_LINKS, convert_dekr_rescore
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import EvalTransform, dekr_resize_matrix
 from bapose.errors import CheckpointError, ConfigError

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 from bapose.codecs import BAPoseCodec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dekr_targets.npz"

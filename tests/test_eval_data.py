@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bapose.cli.evaluate import evaluate, with_eval_data
-from bapose.cli.train import compose_config, train
+from bapose.training.evaluate import evaluate, with_eval_data
+from bapose.build import compose_config
+from bapose.training.fit import train
 from bapose.errors import CheckpointError
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 
 # a COCO-17 checkpoint: the generated demo set at 64 px (its joints are COCO's), two short epochs
 TINY = [

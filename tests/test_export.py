@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from bapose.cli.export import export
-from bapose.cli.train import build_module, compose_config
+from bapose.build import build_module, compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import eval_resize_matrix
 from bapose.export import ParityError, decode_numpy, run_onnx
 from bapose.models import AdaptiveBlock
 from bapose.predictor import decode
-from bapose.utils.checkpoint import AtomicCheckpointIO
+from bapose.checkpoints.io import AtomicCheckpointIO
 
 pytest.importorskip("onnxruntime")
 

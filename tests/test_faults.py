@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 import torch
 
-from bapose.cli.train import build_datamodule, build_module, compose_config, train
+from bapose.build import build_datamodule, build_module, compose_config
+from bapose.training.fit import train
 from bapose.codecs import BAPoseCodec
 from bapose.errors import CheckpointError, ConfigError, DataError, user_message
 from bapose.evaluation import KeypointEvaluator
 from bapose.training import BAPoseLoss, NonFiniteLossError
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 
 SIZE = 64
 TRAIN_CLI = Path(sys.executable).with_name("bapose-train")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bapose.cli.evaluate import evaluate
-from bapose.cli.train import compose_config, train
+from bapose.training.evaluate import evaluate
+from bapose.build import compose_config
+from bapose.training.fit import train
 from bapose.errors import ConfigError
 
 

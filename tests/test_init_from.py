@@ -9,20 +9,23 @@ import torch
 
 import bapose
 from _dekr import reference_cases, write_state_dict
-from bapose.cli.train import build_module, compose_config, train
+from bapose.build import build_module, build_net, compose_config
+from bapose.training.fit import train
 from bapose.codecs import BAPoseCodec
-from bapose.convert import convert_dekr
+from bapose.checkpoints.convert import convert_dekr
 from bapose.data.metadata import DatasetMeta
 from bapose.errors import CheckpointError
-from bapose.init_from import summary_by_part
+from bapose.checkpoints.init_from import summary_by_part
 from bapose.models import BAPoseNet
-from bapose.utils.checkpoint import AtomicCheckpointIO
+from bapose.checkpoints.io import AtomicCheckpointIO
 
 TINY = [
     "data.input_size=64", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.image_size=64",
     "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.persistent_workers=false",
     "data.pin_memory=false", "logger=[csv]", "draw_images=0",
 ]
+
+SMALL_DEKR = {"_target_": "bapose.models.BAPoseNet", "backbone": "hrnet_w18_small", "num_keypoints": 17, "decoder": None}
 
 
 def _same(a: dict, b: dict, prefix: str) -> bool:
@@ -49,7 +52,7 @@ def test_bapose_from_converted_dekr_loads_backbone_and_heads_keeps_dwasp_fresh(d
     fresh = BAPoseNet(**args).state_dict()
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="bapose"):
-        net = BAPoseNet(**args, init_from=str(dst))
+        net = build_net({"_target_": "bapose.models.BAPoseNet", **args}, init_from=str(dst))
     got = net.state_dict()
     source = {k[len("net."):]: v for k, v in torch.load(dst, weights_only=True)["state_dict"].items()}
 
@@ -77,7 +80,7 @@ def test_bapose_from_converted_dekr_loads_backbone_and_heads_keeps_dwasp_fresh(d
 
     # the raw DEKR release file is converted on the fly: the same weights
     torch.manual_seed(0)
-    raw = BAPoseNet(**args, init_from=str(src)).state_dict()
+    raw = build_net({"_target_": "bapose.models.BAPoseNet", **args}, init_from=str(src)).state_dict()
     assert all(torch.equal(raw[k], got[k]) for k in got)
 
 
@@ -132,6 +135,6 @@ def test_init_from_a_file_that_fits_nothing_or_is_missing(tmp_path):
     bad = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
     with pytest.raises(CheckpointError, match=r"model.init_from: file '.*other.pth' is neither a bapose checkpoint"):
-        BAPoseNet("hrnet_w18_small", num_keypoints=17, decoder=None, init_from=str(bad))
+        build_net(SMALL_DEKR, init_from=str(bad))
     with pytest.raises(CheckpointError, match="does not exist"):
-        BAPoseNet("hrnet_w18_small", num_keypoints=17, decoder=None, init_from=str(tmp_path / "missing.ckpt"))
+        build_net(SMALL_DEKR, init_from=str(tmp_path / "missing.ckpt"))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from bapose.cli.score import main as score_main
-from bapose.cli.score import resolve_dataset
-from bapose.cli.train import build_datamodule, build_module, compose_config
+from bapose.evaluation.scoring import resolve_dataset
+from bapose.build import build_datamodule, build_module, compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.evaluation.upper_bound import codec_upper_bound
 from bapose.data.dataset import CocoKeypointDataset, load_coco_keypoint_json
@@ -366,7 +366,7 @@ def test_presets_keep_their_rule_sets() -> None:
 def test_a_chosen_keypoints_field_trains_validates_and_rescores(tmp_path: Path) -> None:
     """data.meta.keypoints_field reaches every reader of the json: the training targets, the validation evaluator and
     the rescoring stage's OKS targets (each once read `keypoints`, 17 joints, and failed or found no target)."""
-    from bapose.cli.train import train
+    from bapose.training.fit import train
 
     gt = _two_sets(quirky_gt(4, 21, {"big_ids"}, width=96, height=80, num_images=3))
     for img in gt["images"]:

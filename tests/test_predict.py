@@ -18,12 +18,12 @@ from torch import nn
 from bapose import LoadedModel, load_model  # the public loader (bapose.loading)
 from bapose.cli.predict import predict, predict_batch
 from bapose.cli.score import main as score_main
-from bapose.cli.train import build_module, compose_config
+from bapose.build import build_module, compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import eval_resize_matrix, invert_affine, apply_affine
 from bapose.errors import CheckpointError
-from bapose.utils.checkpoint import AtomicCheckpointIO
+from bapose.checkpoints.io import AtomicCheckpointIO
 
 
 def make_checkpoint(path: Path, model: str = "bapose_w18s", input_size: int = 128) -> Path:

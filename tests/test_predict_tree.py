@@ -15,7 +15,7 @@ import torch
 
 from bapose import load_model
 from bapose.cli.predict import predict, predict_batch
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 from bapose.data.transforms import EvalTransform
 from bapose.predictor import predict as run_inference
 from bapose.predictor import same_size_batches, to_original

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.data.dataset import CocoKeypointDataset, read_image
 from bapose.data.metadata import DatasetMeta
@@ -335,7 +335,7 @@ TINY = [
 
 
 def _eval(ckpt: str, out: Path, *extra: str) -> tuple[dict, list]:
-    from bapose.cli.evaluate import evaluate
+    from bapose.training.evaluate import evaluate
 
     data = [o for o in TINY if o.startswith("data.")]
     cfg = compose_config([f"ckpt_path={ckpt}", *data, *extra], config_name="eval", output_dir=out)
@@ -347,7 +347,7 @@ def _people(results: list) -> list:
 
 
 def test_rescoring_stage_end_to_end(tmp_path: Path) -> None:
-    from bapose.cli.train import train
+    from bapose.training.fit import train
     from bapose.codecs.rescore import load_rescore
     from bapose.data.metadata import DatasetMeta
 
@@ -387,7 +387,7 @@ def test_rescoring_stage_end_to_end(tmp_path: Path) -> None:
 
 
 def test_model_selection_last_reports_the_final_epoch(tmp_path: Path) -> None:
-    from bapose.cli.train import train
+    from bapose.training.fit import train
 
     torch.set_num_threads(1)
     run = tmp_path / "run"
@@ -420,7 +420,7 @@ def test_rescoring_stage_under_ddp_gathers_every_training_image_once(tmp_path: P
 
     import lightning as L
 
-    from bapose.cli.train import build_datamodule
+    from bapose.build import build_datamodule
     from bapose.loading import load_model
     from bapose.training import BAPoseModule
     from bapose.training.rescoring import RescoreOptions, choose_images, predict_training_images, usable_images

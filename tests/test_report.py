@@ -144,7 +144,7 @@ def test_params_and_gflops_are_bapose_profile_numbers_of_each_jobs_config(tmp_pa
     from omegaconf import OmegaConf
 
     from bapose.cli.profile import profile
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
 
     sweep = tmp_path / "sweep"
     for num, (model, size) in enumerate([("bapose_w18s", 64), ("bapose_w18s", 128), ("dekr_w18s", 128)]):

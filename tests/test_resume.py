@@ -9,8 +9,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from bapose.cli.train import build_datamodule, build_module, compose_config, instantiate_list, resolve_ckpt_path
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.build import build_datamodule, build_module, compose_config, instantiate_list
+from bapose.training.resume import resolve_ckpt_path
+from bapose.checkpoints.io import load_checkpoint_safely
 
 TINY = [
     "data.input_size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.image_size=64",

@@ -21,10 +21,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from bapose.cli.train import build_datamodule, build_module, compose_config, instantiate_list, train
+from bapose.build import build_datamodule, build_module, compose_config, instantiate_list
+from bapose.training.fit import train
 from bapose.errors import ConfigError
 from bapose.training import resume, runs
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 
 TESTS = Path(__file__).parent
 TRAIN_CLI = Path(sys.executable).with_name("bapose-train")

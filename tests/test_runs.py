@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from bapose.cli.train import build_datamodule, build_module, compose_config, instantiate_list
+from bapose.build import build_datamodule, build_module, compose_config, instantiate_list
 from bapose.errors import ConfigError
 from bapose.training import runs
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 from bapose.utils.logging import rank_suffix, run_folder_name
 
 TINY = [

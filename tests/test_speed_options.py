@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.models import AdaptiveBlock, build_model
 from bapose.training import BAPoseModule

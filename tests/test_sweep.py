@@ -176,7 +176,7 @@ def test_submitit_launcher_requeues_a_signalled_job_that_resumes_in_its_own_fold
     import signal
     import time
 
-    from bapose.utils.checkpoint import load_checkpoint_safely
+    from bapose.checkpoints.io import load_checkpoint_safely
 
     sweep_dir = tmp_path / "sweep"
     exe = Path(sys.executable).parent / "bapose-train"

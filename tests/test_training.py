@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from bapose.cli.evaluate import evaluate
-from bapose.cli.train import compose_config, train
+from bapose.training.evaluate import evaluate
+from bapose.build import compose_config
+from bapose.training.fit import train
 from bapose.errors import CheckpointError, ConfigError
 from bapose.training import BAPoseLoss, BAPoseModule, NonFiniteLossError
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 
 # the real configs, shrunk: 64 px generated images, a handful of them, no workers, CSV logging only
 TINY = [
@@ -267,7 +268,7 @@ def test_eval_of_saved_checkpoint_reproduces_training_ap(tmp_path):
 def test_validation_batches_of_mixed_sizes_give_each_image_its_batch_of_one_poses() -> None:
     """D-WASP's image pool averages over the whole input: an image padded to a larger neighbour would see the padding.
     Validation runs images in groups of their own padded size, so a mixed batch decodes each image as alone."""
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
     from bapose.codecs import BAPoseCodec
     from bapose.models import build_model
 

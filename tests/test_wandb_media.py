@@ -11,7 +11,8 @@ import pytest
 import torch
 import wandb
 
-from bapose.cli.train import compose_config, instantiate_list, train
+from bapose.build import compose_config, instantiate_list
+from bapose.training.fit import train
 from bapose.errors import ConfigError
 from bapose.report import sweep_report
 from bapose.utils.wandb import find_offline_runs, read_offline_run

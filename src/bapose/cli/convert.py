@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        from bapose.convert import convert_dekr, convert_dekr_rescore, describe
+        from bapose.checkpoints.convert import convert_dekr, convert_dekr_rescore, describe
 
         if args.format == "dekr":
             summary = convert_dekr(args.src, args.dst, meta=args.meta, ann_file=args.ann_file,

@@ -55,7 +55,7 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
             "skeleton": [list(p) for p in meta.skeleton], "input_size": model.input_size,
             "decode": decode_knobs(model.codec, meta.sigmas),
             # how images are resized before the net: pad (short side = input_size, padded right/bottom) | dekr
-            "eval_resize": model.info.get("eval_resize") or "pad", "checkpoint": str(model.path)}
+            "eval_resize": model.info.eval_resize or "pad", "checkpoint": str(model.path)}
 
 
 def people_parity(model: LoadedModel, output: Path, images: torch.Tensor, knobs: dict[str, Any],
@@ -110,7 +110,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                        prefer_ema=bool(cfg.prefer_ema), device="cpu")
     output = Path(str(cfg.output)) if cfg.output else Path(str(cfg.paths.output_dir)) / "model.onnx"
     image, source = _parity_image(cfg)
-    resize = model.info.get("eval_resize")
+    resize = model.info.eval_resize
     x = _to_batch(image, model.input_size, resize)
     metadata = _metadata(model)
     export_onnx(model.net, output, opset=int(cfg.opset), example_hw=tuple(x.shape[-2:]), dynamic=bool(cfg.dynamic),

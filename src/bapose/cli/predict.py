@@ -44,7 +44,8 @@ from bapose.data.inputs import Frame, is_video, iter_images, iter_video, resolve
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError
 from bapose.evaluation import to_coco_results
-from bapose.loading import LoadedModel, load_model, read_json
+from bapose.data.coco import read_json
+from bapose.loading import LoadedModel, load_model
 from bapose.predictor import Predictor, same_size_batches
 from bapose.utils.entry import hydra_entry
 from bapose.vis import draw_poses
@@ -62,7 +63,7 @@ def predict_batch(model: LoadedModel, images: Sequence[np.ndarray], flip: bool =
     :meth:`bapose.predictor.Predictor.on_images` with the checkpoint's net, codec, joint set and evaluation resize
     (DEKR's centred warp for a converted DEKR checkpoint)."""
     predictor = Predictor(model.net, model.codec, model.meta.flip_index, flip, scales, _size_divisor(model))
-    transform = EvalTransform(model.input_size, _size_divisor(model), model.info.get("eval_resize"))
+    transform = EvalTransform(model.input_size, _size_divisor(model), model.info.eval_resize)
     return predictor.on_images(images, transform)
 
 

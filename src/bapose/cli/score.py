@@ -6,57 +6,12 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from bapose.data.metadata import DatasetMeta, keypoint_categories, rule_set
+from bapose.data.coco import read_json
 from bapose.errors import BAPoseError, DataError
 from bapose.evaluation import KeypointEvaluator
-
-
-def resolve_dataset(gt: dict, dataset: str = "auto", file: object = None, keypoints_field: str = "keypoints",
-                    sigmas: Sequence[float] | None = None) -> tuple[DatasetMeta, str]:
-    """Metadata and scoring mode for a ground-truth dict.
-
-    ``auto``: CrowdPose rules for CrowdPose-format files (the CrowdPose joint set, images with ``crowdIndex``, or no
-    annotation with ``area``: ``bapose.data.metadata.rule_set``), else COCO. The joint set comes from the json's
-    keypoint category (any custom K; ``keypoints_field`` picks the joints of files with several sets), else from the
-    named preset; ``sigmas`` replaces its OKS sigmas.
-    """
-    cats = [c for c in gt.get("categories", []) or [] if isinstance(c, dict) and "keypoints" in c]
-    if dataset not in ("auto", "coco", "crowdpose"):
-        raise DataError(f"--dataset '{dataset}'; expected coco, crowdpose or auto")
-    if cats:
-        category = keypoint_categories(gt, file, keypoints_field)[0]
-        names = category.get(keypoints_field) or category["keypoints"]
-    else:
-        names = DatasetMeta.preset("coco" if dataset == "auto" else dataset).keypoints
-    if sigmas is not None and len(sigmas) != len(names):
-        raise DataError(f"--sigmas: {len(sigmas)} values; expected {len(names)} (one per joint: "
-                        f"{', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''})")
-    if cats:
-        meta = DatasetMeta.from_coco_category(category, sigmas=sigmas, file=file, keypoints_field=keypoints_field)
-    else:
-        meta = DatasetMeta.build("coco" if dataset == "auto" else dataset, sigmas=sigmas)
-    mode = rule_set(gt, meta.name) if dataset == "auto" else dataset
-    return meta, mode
-
-
-def parse_sigmas(text: str | None) -> list[float] | None:
-    """``"0.079,0.079,..."`` or ``"[0.079, ...]"`` -> floats (None stays None)."""
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.strip().strip("[]").replace(",", " ").split()]
-    except ValueError:
-        raise DataError(f"--sigmas '{text}': expected comma-separated numbers, one OKS sigma per joint") from None
-
-
-def format_table(stats: dict[str, float]) -> str:
-    """A two-row markdown table of the stats, 4 decimals (NaN: no ground truth in that subset)."""
-    keys = list(stats)
-    cells = ["nan" if math.isnan(stats[k]) else f"{stats[k]:.4f}" for k in keys]
-    return "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| " + " | ".join(cells) + " |"
+from bapose.evaluation.scoring import format_table, parse_sigmas, resolve_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the stats as json")
     args = parser.parse_args(argv)
     try:
-        gt, results = (_read(args.gt), _read(args.results))
+        gt = read_json(args.gt)
+        results = read_json(args.results, expected="a json list of results")
         if not isinstance(results, list):
             raise DataError(f"file '{args.results}': expected a json list of results, got {type(results).__name__}")
         meta, mode = resolve_dataset(gt, args.dataset, args.gt, args.keypoints_field, parse_sigmas(args.sigmas))
@@ -96,16 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode} keypoint AP ({meta.name}, K={meta.num_keypoints}, {evaluator.backend}): {args.results}")
         print(format_table(stats))
     return 0
-
-
-def _read(path: Path) -> object:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"file '{path}': not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"file '{path}': not valid json ({e})") from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ are an error rather than a silent overwrite.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import numpy as np
 from bapose.data.metadata import DatasetMeta
 from bapose.data.synthetic import dataset_stats, ensure_dataset
 from bapose.errors import BAPoseError
+from bapose.io import read_json
 
 
 def contact_sheet(ann_file: Path, image_dir: Path, out_png: Path, count: int = 12, columns: int = 4,
@@ -36,7 +36,7 @@ def contact_sheet(ann_file: Path, image_dir: Path, out_png: Path, count: int = 1
     Left joints green, right joints magenta, others yellow; filled = visible (v=2), ring = occluded (v=1); skeleton
     lines white; crowd / unlabelled regions tinted red.
     """
-    data = json.loads(Path(ann_file).read_text())
+    data = read_json(ann_file)
     meta = DatasetMeta.from_coco_category(data["categories"][0])
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:

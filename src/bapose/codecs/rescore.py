@@ -17,7 +17,6 @@ with the best-matching ground-truth person of the same image (:func:`oks`, COCO'
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from bapose.codecs.oks import gt_oks_scale, oks_matrix
 from bapose.errors import DataError
+from bapose.io import read_json
 
 Skeleton = tuple[tuple[int, int], ...]
 
@@ -78,7 +78,7 @@ def dekr_pose_features(poses: Tensor | np.ndarray, links: Sequence[Sequence[int]
 
     Args:
         poses: ``(M, K, 3)`` (x, y, joint score).
-        links: L 0-based joint pairs in DEKR's order (``bapose.convert.DEKR_LINKS``).
+        links: L 0-based joint pairs in DEKR's order (``bapose.checkpoints.convert.DEKR_LINKS``).
         torso: indices into ``links`` of the two links that normalise.
 
     Returns:
@@ -233,11 +233,9 @@ def training_set(gt: str | Path | Mapping[str, Any], results: str | Path | Seque
     gt_name = str(gt) if not isinstance(gt, Mapping) else "<gt dict>"
     res_name = str(results) if isinstance(results, (str, Path)) else "<results list>"
     if not isinstance(gt, Mapping):
-        with open(gt) as f:
-            gt = json.load(f)
+        gt = read_json(gt)
     if isinstance(results, (str, Path)):
-        with open(results) as f:
-            results = json.load(f)
+        results = read_json(results, expected="a json list of results")
     if mode not in ("coco", "crowdpose"):
         raise DataError(f"rescore: mode '{mode}'; expected 'coco' or 'crowdpose'")
     k = len(sigmas)

@@ -21,15 +21,11 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
-from bapose.data.dataset import (
-    TRAIN_IMAGES,
-    CocoKeypointDataset,
-    configure_worker_process,
-    limit_cv2_threads_before_fork,
-    load_coco_keypoint_json,
-)
+from bapose.codecs.build import build_codec
+from bapose.data.coco import joint_set_of_json, load_coco_keypoint_json
+from bapose.data.dataset import TRAIN_IMAGES, CocoKeypointDataset, configure_worker_process, limit_cv2_threads_before_fork
 from bapose.data.epoch_loader import EpochSeededLoader
-from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta, keypoint_categories, rule_set
+from bapose.data.metadata import DatasetMeta, rule_set
 from bapose.data.transforms import EVAL_RESIZES, EvalTransform, TrainTransform
 from bapose.errors import ConfigError
 
@@ -108,7 +104,7 @@ class BAPoseDataModule(L.LightningDataModule):
         name: dataset name (logging, run names).
         input_size: training crop side and eval short side (pixels).
         num_keypoints: K; must equal the meta's K (the model config reads it as ``${data.num_keypoints}``); None
-            takes the meta's (``bapose.cli.train.build_datamodule`` writes it back into the config).
+            takes the meta's (``bapose.build.build_datamodule`` writes it back into the config).
         meta: ``DatasetMeta.build`` kwargs (``{name: coco}`` for a preset, or ``keypoints`` [+ ``flip_index``,
             ``sigmas``, ``skeleton``] for a custom set), a ``DatasetMeta``, or None to read the joint set from the
             train (else val) json's keypoint category. Without ``keypoints`` and with a name that is no preset
@@ -116,7 +112,9 @@ class BAPoseDataModule(L.LightningDataModule):
             ``skeleton`` / ``name`` replace what the json implies. ``keypoints_field`` (any form) picks the
             annotation field holding the joints in files with several joint sets (``keypoints_21``).
         train, val, test: ``{ann_file, image_dir}``; relative paths are resolved against ``root``.
-        codec: a ``BAPoseCodec`` (or any object with ``encode``), or kwargs for ``BAPoseCodec(input_size, ...)``.
+        codec: a ``BAPoseCodec`` (or any object with ``encode``); or a builder called once the joint set and rule
+            set are known, ``codec(input_size=, sigmas=, rule_set=, name=)`` (what ``bapose.build.build_datamodule``
+            gives: :func:`bapose.codecs.build_codec` over ``conf/codec``); or ``conf/codec`` kwargs for that builder.
         batch_size: training batch per device; ``val_batch_size`` for val/test.
         num_workers, persistent_workers, pin_memory: DataLoader settings of the training loader (persistent only
             when workers > 0; not persistent, a resumed run's data matches the uninterrupted run's:
@@ -251,15 +249,10 @@ class BAPoseDataModule(L.LightningDataModule):
                 ann = self._first_json("train", "val")
                 if ann is None:
                     raise ConfigError("data: no 'meta' and no train/val json to read the joint set from")
-                data = self._json(ann)
-                category = keypoint_categories(data, ann, self.keypoints_field)[0]
                 given = dict(self._meta_cfg or {})
-                meta = DatasetMeta.from_coco_category(category, name=given.get("name"), sigmas=given.get("sigmas"),
-                                                      file=ann, keypoints_field=self.keypoints_field)
-                if given.get("flip_index") is not None or given.get("skeleton") is not None:
-                    spec = meta.spec()
-                    spec.update({k: given[k] for k in ("flip_index", "skeleton") if given.get(k) is not None})
-                    meta = DatasetMeta.build(**spec, source=f"file '{ann}' with data.meta")
+                meta = joint_set_of_json(self._json(ann), ann, self.keypoints_field, name=given.get("name"),
+                                         sigmas=given.get("sigmas"), flip_index=given.get("flip_index"),
+                                         skeleton=given.get("skeleton"))
             self._check_k(meta)
             self._meta = meta
         return self._meta
@@ -280,26 +273,18 @@ class BAPoseDataModule(L.LightningDataModule):
 
     @property
     def codec(self) -> Any:
-        """The target codec shared with the LightningModule (built from kwargs on first use)."""
+        """The target codec shared with the LightningModule, made on first use by the builder this datamodule was
+        given (``bapose.build``'s ``build_codec`` over ``conf/codec``: it needs the joint set's sigmas and the rule
+        set, which may come from the json), or the codec object given."""
         if self._codec is None:
-            cfg = self._codec_cfg
-            if cfg is None or isinstance(cfg, Mapping) or type(cfg).__name__ == "DictConfig":
-                from bapose.codecs import BAPoseCodec  # the codec package is optional until a codec is needed
-
-                kwargs = _plain(cfg)
-                if kwargs.setdefault("input_size", self.input_size) != self.input_size:
-                    raise ConfigError(f"codec field 'input_size' is {kwargs['input_size']}; expected data.input_size "
-                                      f"{self.input_size}")
-                if "min_center_area" in kwargs and kwargs["min_center_area"] is None:
-                    # null: the small-person rule of the dataset's rule set (conf/codec/default.yaml)
-                    kwargs["min_center_area"] = MIN_CENTER_AREA[self.eval_mode]
-                    log.info("data '%s': %s rules, codec.min_center_area=%g (people smaller than that get no "
-                             "center)", self.name, self.eval_mode, kwargs["min_center_area"])
-                if kwargs.get("oks_sigmas") is None:  # pose NMS by OKS compares poses as the evaluator would
-                    kwargs["oks_sigmas"] = tuple(self.meta.sigmas)
-                self._codec = BAPoseCodec(**kwargs)
+            make = self._codec_cfg
+            if make is None or isinstance(make, Mapping) or type(make).__name__ == "DictConfig":
+                make = functools.partial(build_codec, make)  # kwargs: the one codec builder over them
+            if callable(make) and not hasattr(make, "encode"):
+                self._codec = make(input_size=self.input_size, sigmas=self.meta.sigmas, rule_set=self.eval_mode,
+                                   name=self.name)
             else:
-                self._codec = cfg
+                self._codec = make
             size = getattr(self._codec, "input_size", self.input_size)
             if size != self.input_size:
                 raise ConfigError(f"codec input_size {size} differs from data field 'input_size' {self.input_size}; "

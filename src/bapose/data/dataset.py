@@ -9,7 +9,6 @@ targets — inside the DataLoader workers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bapose.data.images import read_image  # re-exported: the one image reader of the suite
+from bapose.data.coco import load_coco_keypoint_json
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.data.transforms import EvalTransform, TrainTransform
 from bapose.errors import ConfigError, DataError, check_unique_ids, where
@@ -87,64 +87,6 @@ def limit_cv2_threads_before_fork(threads: int = 1) -> None:
     """
     if cv2.getNumThreads() != threads:
         cv2.setNumThreads(threads)
-
-
-def load_coco_keypoint_json(ann_file: str | os.PathLike, keypoints_field: str = "keypoints") -> dict:
-    """Load and check the top-level structure of a COCO keypoint json; DataError says what is wrong.
-
-    Checks the lists, unique image ids and unique annotation ids (an evaluation could not tell two people with one
-    id apart), each image's ``id`` / ``file_name`` / size and each annotation's ``id`` / ``image_id`` /
-    ``keypoints_field``.
-    """
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise DataError(f"{where(ann_file)}: annotation file not found; expected a COCO keypoint json")
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{where(ann_file)}: not valid JSON ({err}); expected a COCO keypoint json") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{where(ann_file)}: top level is a {type(data).__name__}; expected a COCO keypoint json "
-                        "object with 'images', 'annotations' and 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            got = "missing" if key not in data else f"a {type(data[key]).__name__}"
-            raise DataError(f"{where(ann_file, key)}: {got}; expected a list (is this a COCO keypoint json?)")
-    if not any(isinstance(c, dict) and "keypoints" in c for c in data["categories"]):
-        raise DataError(f"{where(ann_file, 'categories')}: no category has a 'keypoints' list; expected a COCO "
-                        "keypoint json (this looks like a detection/caption file)")
-    image_ids: set = set()
-    for i, img in enumerate(data["images"]):
-        missing = [k for k in ("id", "file_name") if k not in img]
-        if missing:
-            raise DataError(f"{where(ann_file, 'images')}: entry {i} lacks {missing}; expected 'id' and 'file_name'")
-        if img["id"] in image_ids:
-            raise DataError(f"{where(ann_file, 'images.id')}: image id {img['id']!r} appears twice ('{img['file_name']}' "
-                            "is one of them); expected unique image ids")
-        image_ids.add(img["id"])
-        # the declared size sizes the ignore masks and the evaluation; optional, but never 0 x 0
-        for key in ("width", "height"):
-            value = img.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise DataError(f"{where(ann_file, f'images.{key}')}: image id {img['id']} ('{img['file_name']}') "
-                                f"has {key} {value!r}; expected a positive number of pixels")
-    ann_ids: set = set()
-    repeated = []
-    cat_ids = {c.get("id") for c in keypoint_categories(data, ann_file, keypoints_field)}
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict):
-            raise DataError(f"{where(ann_file, 'annotations')}: an entry is a {type(ann).__name__}; expected an object")
-        other = "category_id" in ann and ann["category_id"] not in cat_ids  # e.g. a detection-only category
-        missing = [k for k in ("id", "image_id") + (() if other else (keypoints_field,)) if k not in ann]
-        if missing:
-            raise DataError(f"{where(ann_file, 'annotations', ann.get('id'))}: lacks {missing}; expected 'id', "
-                            f"'image_id' and '{keypoints_field}'")
-        if ann["id"] in ann_ids:
-            repeated.append(ann["id"])
-        ann_ids.add(ann["id"])
-    check_unique_ids(ann_file, repeated)
-    return data
 
 
 class CocoKeypointDataset(Dataset):

@@ -240,10 +240,8 @@ class DatasetMeta:
         errors and warnings.
         """
         src = f"file '{file}'" if file is not None else f"category '{category.get('name', '?')}'"
-        names = category.get(keypoints_field) if keypoints_field != "keypoints" else None
-        if not isinstance(names, (list, tuple)):
-            names = category.get("keypoints")
-        if not isinstance(names, (list, tuple)) or not names:
+        names = keypoint_names(category, keypoints_field)
+        if not names:
             raise DataError(f"{src}, field 'categories[].keypoints': missing or empty in category "
                             f"'{category.get('name')}'; expected the list of joint names")
         names = tuple(str(n) for n in names)
@@ -278,9 +276,6 @@ class DatasetMeta:
 
 
 # ---------------------------------------------------------------------------------------------------- rule sets
-# The small-person rule of each dataset rule set (BAPoseCodec.min_center_area, on the annotation's original-image
-# area): COCO's 32^2, as DEKR's COCOKeypoints.get_joints; none for CrowdPose-format data, as its CrowdPoseKeypoints.
-MIN_CENTER_AREA = {"coco": 32.0**2, "crowdpose": 0.0}
 
 
 def keypoint_categories(data: Mapping, file: object = None, keypoints_field: str = "keypoints") -> list[Mapping]:
@@ -292,9 +287,17 @@ def keypoint_categories(data: Mapping, file: object = None, keypoints_field: str
     if not cats:
         raise DataError(f"file '{file}', field 'categories': no category has a 'keypoints' list; expected a COCO "
                         "keypoint json")
-    first = cats[0]
-    names = lambda c: tuple(c.get(keypoints_field) or c["keypoints"])  # noqa: E731
-    return [c for c in cats if names(c) == names(first)]
+    first = keypoint_names(cats[0], keypoints_field)
+    return [c for c in cats if keypoint_names(c, keypoints_field) == first]
+
+
+def keypoint_names(category: Mapping, keypoints_field: str = "keypoints") -> tuple[str, ...]:
+    """The joint names of a COCO ``categories`` entry for the annotation field ``keypoints_field``: the category's
+    field of the same name when it has one (``keypoints_21``), else its ``keypoints`` (empty when it has none)."""
+    names = category.get(keypoints_field) if keypoints_field != "keypoints" else None
+    if not isinstance(names, (list, tuple)):
+        names = category.get("keypoints")
+    return tuple(str(n) for n in names) if isinstance(names, (list, tuple)) else ()
 
 
 def rule_set(data: Mapping, meta_name: str | None = None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 import warnings
@@ -25,6 +24,7 @@ import torch
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.errors import DataError, check_unique_ids, where
+from bapose.io import read_json
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
@@ -193,14 +193,10 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
 def _load_gt(gt: str | Path | Mapping, file: object = None) -> tuple[dict, str]:
     if isinstance(gt, Mapping):
         return dict(gt), str(file) if file is not None else "<ground-truth dict>"
-    path = Path(gt)
-    try:
-        with open(path) as f:
-            return json.load(f), str(path)
-    except FileNotFoundError:
-        raise DataError(f"{where(path)}: not found; expected a COCO-format keypoint json") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where(path)}: not valid json ({e})") from None
+    data = read_json(gt, expected="a COCO-format keypoint json")
+    if not isinstance(data, Mapping):
+        raise DataError(f"{where(gt)}: top level is a {type(data).__name__}; expected a COCO keypoint json object")
+    return dict(data), str(gt)
 
 
 def _box_of(kp: np.ndarray) -> list[float]:

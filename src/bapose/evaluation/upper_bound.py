@@ -17,7 +17,6 @@ scored ground-truth person (not crowd, at least one labelled joint) ends in exac
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +28,9 @@ import torch
 from bapose.codecs.bapose_codec import CENTER_STATUS, BAPoseCodec, Layout
 from bapose.codecs.oks import gt_oks_scale
 from bapose.codecs.rescore import oks
-from bapose.data.metadata import MIN_CENTER_AREA, DatasetMeta
+from bapose.codecs.build import build_codec
+from bapose.data.coco import read_json
+from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import apply_affine, eval_resize_matrix, invert_affine
 from bapose.evaluation.keypoints import KeypointEvaluator
 from bapose.predictor import DecodeTrace, to_original, trace
@@ -71,9 +72,9 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
     small-person rule on the json's own ``area``, bbox w*h where it has none), decoded, mapped back to original
     pixels and scored.
     """
-    data = json.loads(Path(gt).read_text()) if not isinstance(gt, Mapping) else gt
+    data = read_json(gt) if not isinstance(gt, Mapping) else gt
     # by default the small-person rule of the scoring rule set (COCO 32^2, CrowdPose none), as training resolves it
-    codec = codec or BAPoseCodec(input_size=input_size, min_center_area=MIN_CENTER_AREA[mode])
+    codec = codec or build_codec({"min_center_area": None}, input_size=input_size, rule_set=mode)
     if codec.oks_sigmas is None:
         codec = dataclasses.replace(codec, oks_sigmas=meta.sigmas)
     probe = dataclasses.replace(codec, center_collision="nearest_free")

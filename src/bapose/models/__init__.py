@@ -13,12 +13,24 @@ from bapose.models.bapose import BAPoseNet, validate_input_size
 from bapose.models.dwasp import DWASP
 from bapose.models.heads import HeatmapHead, OffsetHead
 
-__all__ = ["AdaptiveBlock", "BAPoseNet", "DWASP", "HRNetBackbone", "HeatmapHead", "OffsetHead", "build_model",
+__all__ = ["BUILDER_KEYS", "AdaptiveBlock", "BAPoseNet", "DWASP", "HRNetBackbone", "HeatmapHead", "OffsetHead", "build_model",
            "deform_conv2d", "deform_conv2d_torch", "validate_input_size"]
 
 
-def build_model(cfg_model: Mapping[str, Any], **overrides: Any) -> nn.Module:
-    """Instantiate a ``conf/model/*.yaml`` node (with ``_target_``), e.g. ``build_model(cfg.model, pretrained=False)``."""
-    import hydra.utils  # local: importing bapose.models should not pull in Hydra
+# model config keys that are not constructor arguments: what the builder does after construction
+BUILDER_KEYS = ("init_from",)
 
-    return hydra.utils.instantiate(cfg_model, **overrides)
+
+def build_model(cfg_model: Mapping[str, Any], **overrides: Any) -> nn.Module:
+    """Instantiate a ``conf/model/*.yaml`` node (with ``_target_``), e.g. ``build_model(cfg.model, pretrained=False)``.
+
+    The net only: ``init_from`` (start from another checkpoint's layers) is the builder's,
+    :func:`bapose.build.build_net`."""
+    import hydra.utils  # local: importing bapose.models should not pull in Hydra
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg_model, resolve=True) if OmegaConf.is_config(cfg_model) else dict(cfg_model)
+    for key in BUILDER_KEYS:
+        node.pop(key, None)
+        overrides.pop(key, None)
+    return hydra.utils.instantiate(node, **overrides)

@@ -50,10 +50,9 @@ class BAPoseNet(nn.Module):
             ``"kaiming"``: He normal for the heads' inner convs (their final convs keep Normal(0, 0.001)), whose
             untrained features are O(1) where DEKR's are ~1e-3 (BN's running statistics need some hundred steps to
             follow those): for stand-in nets of tests and few-step runs, not for paper runs.
-        init_from: a checkpoint to start from (a bapose checkpoint, a converted or raw DEKR file): after the
-            initialisation, every layer whose weights fit is loaded from it and one log line names what was loaded
-            and what was not (:func:`bapose.init_from.init_from_checkpoint`). Loading a trained checkpoint of this
-            net (``bapose.load_model``, resume) ignores it.
+
+    The constructor never loads weights other than timm's ``pretrained`` backbone: ``model.init_from`` (start from
+    another checkpoint's layers) is applied by the builder, :func:`bapose.build.build_net`.
 
     Input ``(B, 3, H, W)`` float in [0, 1], H and W multiples of 32 (normalised with ImageNet mean/std inside).
     Output ``(heatmaps (B, K+1, H/4, W/4), offsets (B, 2K, H/4, W/4))``: the center heatmap last, offsets
@@ -67,7 +66,7 @@ class BAPoseNet(nn.Module):
                  decoder: Mapping[str, Any] | None = None, heatmap_channels: int = 32, heatmap_blocks: int = 1,
                  offset_channels_per_joint: int = 15, offset_blocks: int = 2,
                  adaptive_impl: AdaptiveImpl = "auto", adaptive_basis: AdaptiveBasis = "regular",
-                 init_from: str | None = None, head_init: str = "dekr") -> None:
+                 head_init: str = "dekr") -> None:
         super().__init__()
         if int(num_keypoints) < 1:
             raise ConfigError(f"field 'model.num_keypoints': expected a positive joint count, got {num_keypoints}")
@@ -93,11 +92,6 @@ class BAPoseNet(nn.Module):
         self.offset_head = OffsetHead(head_in, self.num_keypoints, offset_channels_per_joint, offset_blocks,
                                       adaptive_impl, adaptive_basis)
         self._init_weights()
-        self.init_report = None
-        if init_from:
-            from bapose.init_from import init_from_checkpoint  # local: it reads checkpoints (and DEKR files)
-
-            self.init_report = init_from_checkpoint(self, init_from)
 
     @property
     def name(self) -> str:

@@ -16,13 +16,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-import bapose
+from bapose.checkpoints.io import assert_finite_state, check_state_dict_compatible
+from bapose.checkpoints.schema import CheckpointInfo
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.predictor import Predictor, images_to_float
 from bapose.training.loss import BAPoseLoss
 from bapose.training.schedules import lr_scheduler_configs
-from bapose.utils.checkpoint import assert_finite_state, check_state_dict_compatible
 
 log = logging.getLogger("bapose")
 # val/test metrics are computed from one gather of every rank's people and are equal on every rank (sync_dist=False on
@@ -393,25 +393,24 @@ class BAPoseModule(L.LightningModule):
         self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """What a checkpoint says about itself: model config, K, dataset meta name, input size, bapose version."""
-        return {
-            "version": bapose.__version__,
-            "model": self.model_config,
-            "num_keypoints": getattr(self.net, "num_keypoints", None),
-            "meta": self.meta.name if self.meta is not None else None,
+    def checkpoint_metadata(self) -> CheckpointInfo:
+        """What a checkpoint says about itself (:class:`bapose.checkpoints.schema.CheckpointInfo`)."""
+        return CheckpointInfo(
+            model=self.model_config,
+            num_keypoints=getattr(self.net, "num_keypoints", None),
+            meta=self.meta.name if self.meta is not None else None,
             # the whole joint set (plain lists, loadable with weights_only=True): predict/export rebuild custom K
-            "meta_spec": self.meta.spec() if self.meta is not None else None,
-            "codec": _codec_spec(self.codec),
-            "input_size": getattr(self.codec, "input_size", None),
-            "ema": self.ema is not None,
+            meta_spec=self.meta.spec() if self.meta is not None else None,
+            codec=_codec_spec(self.codec),
+            input_size=getattr(self.codec, "input_size", None),
+            ema=self.ema is not None,
             # the dataset (joint set, rule set, files): bapose-eval scores on it when no data= is given
-            "data": datamodule_spec(self._trainer),
-        }
+            data=datamodule_spec(self._trainer),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert_finite_state(checkpoint["state_dict"], source=f"epoch {self.current_epoch} step {self.global_step}")
-        checkpoint["bapose"] = self.checkpoint_metadata()
+        self.checkpoint_metadata().write(checkpoint)
         checkpoint["bapose_counters"] = {"nonfinite_steps": self.nonfinite_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -419,13 +418,13 @@ class BAPoseModule(L.LightningModule):
         # with a CheckpointError naming the file, the config fields and keys that differ (not torch's key dump)
         source = str(self._trainer.ckpt_path) if self._trainer is not None and self._trainer.ckpt_path \
             else "checkpoint"
-        stored = checkpoint.get("bapose") or {}
+        stored = CheckpointInfo.of(checkpoint, source)
         # checkpoints of bapose <= 0.1 (hand-written EMA) carry its update counter; timm's EMA takes the step instead
         checkpoint.get("state_dict", {}).pop("ema.num_updates", None)
         check_state_dict_compatible(
             self.state_dict(), checkpoint.get("state_dict", {}), source=source,
             expected_meta={"num_keypoints": getattr(self.net, "num_keypoints", None), "model": self.model_config},
-            found_meta={"num_keypoints": stored.get("num_keypoints"), "model": stored.get("model")})
+            found_meta={"num_keypoints": stored.num_keypoints, "model": stored.model})
         self.nonfinite_steps = int(checkpoint.get("bapose_counters", {}).get("nonfinite_steps", 0))
 
     def on_train_start(self) -> None:

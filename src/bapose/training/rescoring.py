@@ -20,7 +20,6 @@ Where our net and features differ from DEKR's ``lib/utils/rescore.py`` is writte
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from bapose.codecs.rescore import pearson, save_rescore, train_rescore, training
 from bapose.data.datamodule import collate_eval, worker_init_fn
 from bapose.data.dataset import CocoKeypointDataset, limit_cv2_threads_before_fork
 from bapose.errors import ConfigError
+from bapose.io import read_json
 from bapose.utils.logging import format_metrics_table, write_json
 
 log = logging.getLogger("bapose")
@@ -266,8 +266,8 @@ def run_rescoring_stage(opts: RescoreOptions, trainer: L.Trainer, module: Any, d
     path = Path(out_dir) / RESCORE_FILE
     gt, image_ids = None, None
     if trainer.is_global_zero:
-        with open(datamodule.train_dataset.ann_file, encoding="utf-8") as f:
-            gt = scoring_gt(json.load(f), getattr(datamodule, "keypoints_field", "keypoints"))
+        gt = scoring_gt(read_json(datamodule.train_dataset.ann_file),
+                        getattr(datamodule, "keypoints_field", "keypoints"))
         usable = usable_images(gt)
         image_ids = choose_images([i for i in datamodule.train_dataset.ids if i in usable], opts.max_images,
                                   opts.seed)

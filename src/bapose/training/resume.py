@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import bapose.utils.logging as blog
 from bapose.errors import ConfigError
-from bapose.utils.checkpoint import SAFE_GLOBALS
+from bapose.checkpoints.io import SAFE_GLOBALS
 
 log = logging.getLogger("bapose")
 
@@ -177,7 +177,7 @@ def begin_run(cfg: DictConfig) -> dict[str, Any] | None:
     """
     out = Path(cfg.paths.output_dir)
     config = identity_config(cfg)
-    if cfg.get("ckpt_path", "auto") in FRESH:  # a new run in this folder: a new record (and a new W&B run)
+    if cfg.ckpt_path in FRESH:  # a new run in this folder: a new record (and a new W&B run)
         if blog.process_rank() == 0:
             blog.write_run_record(out, blog.new_run_record(config))
         set_aside_checkpoints(out)

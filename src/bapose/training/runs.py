@@ -136,16 +136,7 @@ def prepare_fit(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, log
              trainer.global_rank, trainer.world_size, trainer.local_rank, trainer.node_rank, socket.gethostname(),
              cfg.paths.output_dir, per_process)
     scale_lr_to_global_batch(cfg, trainer, module, per_process, loggers)
-    return resolve_ckpt_path(cfg.get("ckpt_path", "auto"), cfg.paths.output_dir)
-
-
-def module_config(node: DictConfig) -> DictConfig:
-    """The ``module`` config, resolved, without bapose's own ``optimizer.scale_lr`` key (torch's optimizers do not
-    take it; :func:`scale_lr_to_global_batch` applies it)."""
-    plain = OmegaConf.to_container(node, resolve=True)
-    if isinstance(plain.get("optimizer"), dict):
-        plain["optimizer"].pop("scale_lr", None)
-    return OmegaConf.create(plain)
+    return resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
 
 
 def _rank0(fn: Callable[..., Any], *args: Any) -> None:

@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bapose.errors import ConfigError
-from bapose.utils.checkpoint import load_checkpoint_safely
+from bapose.checkpoints.io import load_checkpoint_safely
 
 MODEL_SELECTIONS = ("best", "last")
 

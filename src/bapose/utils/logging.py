@@ -44,6 +44,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bapose.io import read_json_or_empty as read_json  # noqa: F401 - blog.read_json: the run files
+from bapose.io import write_json  # noqa: F401 - blog.write_json
+
 log = logging.getLogger("bapose")
 
 
@@ -257,25 +260,6 @@ def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
                    else f"{metrics[k]!s:>{width}}" for k in keys)
     line = "-" * len(head)
     return "\n".join(x for x in (title, line, head, vals, line) if x)
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A json object file as a dict; ``{}`` when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented json via a temp file + rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False, preempted: str | None = None) -> None:

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from bapose.checkpoints.io import SAFE_GLOBALS, extract_net_state, read_state_dict
 from bapose.errors import CheckpointError
 from bapose.models.adaptive import AdaptiveBlock
+from bapose.models.dekr import dekr_layout, dekr_to_bapose, is_dekr_state_dict
 
 log = logging.getLogger("bapose")
 
@@ -92,9 +94,6 @@ def read_source_state(path: str | Path, prefer_ema: bool = True) -> tuple[dict[s
     Raises:
         CheckpointError: unreadable file, or neither a bapose checkpoint nor a DEKR state_dict (naming it).
     """
-    from bapose.convert import dekr_layout, dekr_to_bapose, is_dekr_state_dict, read_state_dict
-    from bapose.utils.checkpoint import SAFE_GLOBALS, extract_net_state
-
     path = Path(path)
     # Lightning checkpoints hold loop / optimizer states too: the same allow-list as bapose's own loading
     with torch.serialization.safe_globals(SAFE_GLOBALS):

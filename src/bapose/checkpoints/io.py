@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes and refuse to load into the wrong model.
+"""Checkpoint files: written so they survive crashes, read so they refuse to load into the wrong model.
 
 * :class:`AtomicCheckpointIO` — a Lightning ``CheckpointIO`` writing ``<path>.tmp-<pid>``, ``fsync`` then
   ``os.replace``: a crash (or SIGKILL) during a save leaves the previous ``last.ckpt`` intact and loadable.
@@ -8,8 +8,9 @@
   checkpoint belongs to another model or another joint count K.
 * :func:`assert_finite_state` — a checkpoint with NaN/inf weights is never written.
 
-Checkpoints carry a ``"bapose"`` entry (written by ``BAPoseModule.on_save_checkpoint``): the model config, K, the
-dataset meta name and the input size, so ``bapose-eval`` can rebuild the net without being told which one it was.
+* :func:`read_state_dict` — the tensors of a plain ``state_dict`` file (a DEKR release, a hub file), unwrapped.
+
+What a checkpoint says about itself (its ``"bapose"`` entry) is :class:`bapose.checkpoints.schema.CheckpointInfo`.
 """
 
 from __future__ import annotations
@@ -249,9 +250,55 @@ def load_net_weights(net: nn.Module, path: str | os.PathLike, prefer_ema: bool =
     Returns:
         The whole checkpoint dict (for its ``bapose`` metadata, epoch, ...).
     """
+    from bapose.checkpoints.schema import CheckpointInfo
+
     ckpt = load_checkpoint_safely(path)
     state = extract_net_state(ckpt, prefer_ema=prefer_ema)
     check_state_dict_compatible(net.state_dict(), state, source=str(path), expected_meta=expected_meta,
-                                found_meta=ckpt.get("bapose"))
+                                found_meta=CheckpointInfo.of(ckpt, path).to_dict())
     net.load_state_dict(state, strict=True)
     return ckpt
+
+
+def read_state_dict(path: str | Path, what: str = "DEKR") -> dict[str, Tensor]:
+    """The tensors of a plain ``state_dict`` file (``torch.load(weights_only=True)``), unwrapped.
+
+    Releases wrap weights differently: ``{"state_dict": {...}}`` / ``{"model": {...}}`` and ``module.`` prefixes
+    (``nn.DataParallel``) are removed.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or no tensors inside (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign / truncated files
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK" and not zipfile.is_zipfile(path):
+            reason = "a truncated zip archive"
+        elif not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            reason = "neither a torch zip archive nor a pickle"
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{what} file '{path}' is not a readable torch weights file ({reason}); expected a "
+                              f"state_dict saved with torch.save") from e
+    # unwrap {"state_dict": ...} / {"model": ...} (a training checkpoint, a hub release) until tensors appear
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in ("state_dict", "model", "net") if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{what} file '{path}' holds a {type(obj).__name__}; expected a state_dict (a mapping "
+                              f"of parameter names to tensors)")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise CheckpointError(f"{what} file '{path}' has no tensors (fields {sorted(map(str, obj))[:8]}); expected a "
+                              f"state_dict")
+    if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel / DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
