@@ -7,6 +7,7 @@ steps (pose in body units, colours, primitives back to front).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -32,6 +33,30 @@ class Figure:
     mask: np.ndarray | None = None  # (H, W) bool, the whole in-image body
 
 
+class _Limb(NamedTuple):
+    """A two-segment limb of one side and how its pose is drawn.
+
+    Angles: 0 hangs straight down, pi/2 points outward (towards the person's own side), pi points up; the second
+    segment turns by ``bend`` from the first.
+    """
+
+    joints: tuple[str, str, str]  # root, middle, end joint (without the side)
+    fold_prob: float  # chance of the folded pose
+    folded: tuple[tuple[float, float], tuple[float, float]]  # (root angle, bend) ranges of the folded pose
+    usual: tuple[tuple[float, float], tuple[float, float]]  # (root angle, bend) ranges otherwise
+    segments: tuple[tuple[float, float], tuple[float, float]]  # per segment: full length, least fraction of it
+
+
+_LIMBS = (
+    # folded: hands on hips / arms crossed, the forearm bends back towards the body
+    _Limb(("shoulder", "elbow", "wrist"), 0.15, ((0.2, 0.9), (-2.6, -1.4)), ((-0.25, 2.9), (-1.0, 2.0)),
+          ((0.165, 0.65), (0.15, 0.65))),
+    # folded: a raised knee
+    _Limb(("hip", "knee", "ankle"), 0.12, ((0.6, 1.5), (-1.8, -0.8)), ((-0.15, 0.55), (-0.45, 0.3)),
+          ((0.235, 0.8), (0.235, 0.8))),
+)
+
+
 def _rot(a: float) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     return np.array([[c, -s], [s, c]])
@@ -41,6 +66,22 @@ def _hsv(rng: np.random.Generator, hue: float, sat: tuple[float, float], val: tu
     """One RGB colour (3,) float in [0, 255] from a hue in [0, 1) and saturation/value ranges."""
     hsv = np.uint8([[[int(hue % 1.0 * 180), int(rng.uniform(*sat) * 255), int(rng.uniform(*val) * 255)]]])
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
+
+
+def _limb_end(origin: np.ndarray, s: int, angle: float, length: float, lean: float) -> np.ndarray:
+    """The end of a segment of ``length`` from ``origin`` at ``angle`` (see :class:`_Limb`) on side ``s`` (+1 left,
+    -1 right) of a body leaning by ``lean``."""
+    return origin + length * _rot(lean) @ np.array([s * np.sin(angle), -np.cos(angle)])
+
+
+def _pose_limb(rng: np.random.Generator, p: np.ndarray, limb: _Limb, s: int, side: str, lean: float) -> None:
+    """Sample ``limb``'s pose on ``side`` and write its middle and end joints into ``p`` (root already placed)."""
+    angle_range, bend_range = limb.folded if rng.random() < limb.fold_prob else limb.usual
+    angle, bend = rng.uniform(*angle_range), rng.uniform(*bend_range)
+    root, middle, end = (JOINT[f"{side}_{joint}"] for joint in limb.joints)
+    (upper, upper_least), (lower, lower_least) = limb.segments
+    p[middle] = _limb_end(p[root], s, angle, upper * rng.uniform(upper_least, 1.0), lean)
+    p[end] = _limb_end(p[middle], s, angle + bend, lower * rng.uniform(lower_least, 1.0), lean)
 
 
 def _sample_pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
@@ -69,26 +110,9 @@ def _sample_pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
                          ("left_ear", 1.35, 0.02), ("right_ear", -1.35, 0.02)):
         local = head_r * np.array([np.cos(el) * np.sin(az + yaw), np.sin(el)])
         p[JOINT[name]] = head_c + _rot(tilt) @ local
-
-    def limb(origin: np.ndarray, s: int, angle: float, length: float) -> np.ndarray:
-        # angle 0 hangs straight down, pi/2 points outward (towards the person's own side), pi points up
-        return origin + length * _rot(lean) @ np.array([s * np.sin(angle), -np.cos(angle)])
-
     for s, side in ((1, "left"), (-1, "right")):
-        if rng.random() < 0.15:  # hands on hips / arms crossed: forearm folds back towards the body
-            a_sho, bend = rng.uniform(0.2, 0.9), rng.uniform(-2.6, -1.4)
-        else:
-            a_sho, bend = rng.uniform(-0.25, 2.9), rng.uniform(-1.0, 2.0)
-        elbow = limb(p[JOINT[f"{side}_shoulder"]], s, a_sho, 0.165 * rng.uniform(0.65, 1.0))
-        p[JOINT[f"{side}_elbow"]] = elbow
-        p[JOINT[f"{side}_wrist"]] = limb(elbow, s, a_sho + bend, 0.15 * rng.uniform(0.65, 1.0))
-        if rng.random() < 0.12:  # a raised knee
-            a_hip, knee_bend = rng.uniform(0.6, 1.5), rng.uniform(-1.8, -0.8)
-        else:
-            a_hip, knee_bend = rng.uniform(-0.15, 0.55), rng.uniform(-0.45, 0.3)
-        knee = limb(p[JOINT[f"{side}_hip"]], s, a_hip, 0.235 * rng.uniform(0.8, 1.0))
-        p[JOINT[f"{side}_knee"]] = knee
-        p[JOINT[f"{side}_ankle"]] = limb(knee, s, a_hip + knee_bend, 0.235 * rng.uniform(0.8, 1.0))
+        for limb in _LIMBS:  # the arm, then the leg
+            _pose_limb(rng, p, limb, s, side, lean)
     return p, head_c, head_r
 
 
