@@ -34,23 +34,21 @@ def make_block(channels: int, groups: int) -> AdaptiveBlock:
     return block
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--size", type=int, default=128, help="grid side (128 = 512 input / stride 4)")
     parser.add_argument("--joints", type=int, default=17)
     parser.add_argument("--channels", type=int, default=15, help="channels per joint")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median) after 1 warm-up")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args()
 
-    block = make_block(args.channels, args.joints)
-    c = args.channels * args.joints
-    x = torch.randn(1, c, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        offset = block.offsets(x)
 
-    # parity first: a speed figure for a kernel that computes something else would mean nothing
+def parity(block: AdaptiveBlock, x: torch.Tensor, offset: torch.Tensor) -> dict:
+    """How far the two kernels disagree: the block's output and the deformable conv's gradients (printed).
+
+    A speed figure for a kernel that computes something else would mean nothing, so this runs before timing.
+    """
     with torch.no_grad():
         block.eval()
         outs = {}
@@ -73,7 +71,12 @@ def main() -> None:
     print(f"parity: block output max diff {out_diff:.2e} of the largest output; gradient max diff / max entry: "
           f"input {grad_diff[0]:.2e}, offsets {grad_diff[1]:.2e} ({off_jumps} of {off_b.numel()} entries beyond "
           f"1e-3), weight {grad_diff[2]:.2e}")
+    return {"out_diff": out_diff, "grad_diff": grad_diff, "off_jumps": off_jumps, "off_numel": off_b.numel()}
 
+
+def time_passes(block: AdaptiveBlock, x: torch.Tensor, offset: torch.Tensor,
+                repeats: int) -> dict[tuple[str, str], float]:
+    """Seconds (median) per ``(kernel, pass)``: the deformable conv alone and the whole block, fwd and fwd+bwd."""
     times: dict[tuple[str, str], float] = {}
     x_grad = x.clone().requires_grad_(True)
     offset_grad = offset.clone().requires_grad_(True)
@@ -99,16 +102,22 @@ def main() -> None:
 
         block.eval()
         for name, fn in (("conv fwd", conv_fwd), ("conv fwd+bwd", conv_train), ("block fwd", block_fwd)):
-            times[impl, name] = timeit(fn, repeat=args.repeats, warmup=1)
+            times[impl, name] = timeit(fn, repeat=repeats, warmup=1)
         block.train()  # train-mode BN in the training pass
-        times[impl, "block fwd+bwd"] = timeit(block_train, repeat=args.repeats, warmup=1)
+        times[impl, "block fwd+bwd"] = timeit(block_train, repeat=repeats, warmup=1)
         print(impl, {k[1]: round(v * 1e3, 1) for k, v in times.items() if k[0] == impl}, flush=True)
+    return times
 
+
+def markdown(args: argparse.Namespace, par: dict, times: dict[tuple[str, str], float]) -> str:
+    """The ``benchmarks/adaptive.md`` section: the command, shapes and machine, the parity, the timing table."""
+    c = args.channels * args.joints
+    grad_diff = par["grad_diff"]
     rows = []
     for name in ("conv fwd", "conv fwd+bwd", "block fwd", "block fwd+bwd"):
         tv, pt = times["torchvision", name], times["torch", name]
         rows.append(f"| {name} | {tv * 1e3:.1f} | {pt * 1e3:.1f} | {tv / pt:.2f} |")
-    md = "\n".join([
+    return "\n".join([
         "## Adaptive block: torchvision `deform_conv2d` vs pure PyTorch (CPU)",
         "",
         f"`{shlex.join(['python', 'scripts/bench_adaptive.py', *sys.argv[1:]])}` ({args.threads} torch thread(s), "
@@ -120,11 +129,11 @@ def main() -> None:
         "the offsets and the weights. "
         f"Machine: {machine()}.",
         "",
-        f"Parity of the two kernels (float32, these shapes): block output max difference {out_diff:.1e} of its "
+        f"Parity of the two kernels (float32, these shapes): block output max difference {par['out_diff']:.1e} of its "
         f"largest value; deformable-conv gradients, max difference over the largest entry: input {grad_diff[0]:.1e}, "
-        f"weight {grad_diff[2]:.1e}, offsets {grad_diff[1]:.1e} with {off_jumps} of {off_b.numel():,} entries beyond "
-        "1e-3 (bilinear sampling's offset gradient jumps at integer positions; a tap within float32 rounding of one "
-        "can land on either side; in float64 the kernels agree to 1e-15).",
+        f"weight {grad_diff[2]:.1e}, offsets {grad_diff[1]:.1e} with {par['off_jumps']} of {par['off_numel']:,} "
+        "entries beyond 1e-3 (bilinear sampling's offset gradient jumps at integer positions; a tap within float32 "
+        "rounding of one can land on either side; in float64 the kernels agree to 1e-15).",
         "",
         "| pass | torchvision ms | pure PyTorch ms | torchvision / PyTorch |",
         "|---|---|---|---|",
@@ -132,7 +141,19 @@ def main() -> None:
         "",
         "A ratio above 1 means the pure-PyTorch kernel (`adaptive_impl=torch`) is the faster one on this CPU.",
     ])
-    print(f"wrote {write_section('adaptive', md)}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    block = make_block(args.channels, args.joints)
+    c = args.channels * args.joints
+    x = torch.randn(1, c, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        offset = block.offsets(x)
+    par = parity(block, x, offset)  # first: see parity()
+    times = time_passes(block, x, offset, args.repeats)
+    print(f"wrote {write_section('adaptive', markdown(args, par, times))}")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def measure_pair(nets: dict[str, nn.Module], size: int, repeats: int, train_repe
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch CPU threads (default 2: every core of the reference machine)")
@@ -149,45 +149,62 @@ def main() -> None:
     # the CPU demo config runs it too; a slow kernel shared by both models would also hide D-WASP's cost in the ratio
     parser.add_argument("--adaptive-impl", choices=("auto", "torchvision", "torch"), default="torch",
                         help="adaptive-conv kernel (default: torch, the faster one on CPU)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    return parser.parse_args()
 
-    rows, ratio_rows, verdicts = [], [], []
-    for pair in args.pairs:
-        bapose, dekr, size = PAIRS[pair]
-        print(f"== {pair}: {bapose} vs {dekr} at {size}", flush=True)
-        cost = {name: model_cost(build(name, "meta"), (1, 3, size, size)) for name in (bapose, dekr)}
-        torch.manual_seed(0)
-        nets = {name: build(name, adaptive_impl=args.adaptive_impl) for name in (bapose, dekr)}
-        impl = next(m.impl for m in nets[bapose].modules() if hasattr(m, "impl"))
-        kernel = resolve_impl(impl, torch.device("cpu"))
-        res = measure_pair(nets, size, args.repeats, args.train_repeats)
-        del nets
-        med = {name: (statistics.median(r.fwd_s), statistics.median(r.train_s)) for name, r in res.items()}
-        for name in (bapose, dekr):
-            p_params, p_gflops = PAPER[name]
-            rows.append(
-                f"| {name} | {size} | {cost[name].params_m:.2f} ({p_params}) | {cost[name].gmacs:.1f} ({p_gflops}) | "
-                f"{med[name][0] * 1e3:.0f} | {med[name][1] * 1e3:.0f} | {cost[name].params * 4 / 2**20:.0f} | "
-                f"{res[name].fwd_mib:.0f} | {res[name].train_mib:.0f} |")
-        flops_ratio = cost[bapose].macs / cost[dekr].macs
-        paper_ratio = PAPER[bapose][1] / PAPER[dekr][1]
-        fwd_ratio = med[bapose][0] / med[dekr][0]
-        train_ratio = med[bapose][1] / med[dekr][1]
-        over = {"forward": fwd_ratio / flops_ratio - 1, "forward+backward": train_ratio / flops_ratio - 1}
-        exceeded = [k for k, v in over.items() if v > TOLERANCE]
-        verdict = (f"**exceeds it by more than {TOLERANCE:.0%}** ({', '.join(exceeded)})" if exceeded
-                   else f"does not exceed it by more than {TOLERANCE:.0%}")
-        verdicts.append(f"- {pair.upper()} @ {size}: BAPose/DEKR time ratio {fwd_ratio:.2f} (forward), "
-                        f"{train_ratio:.2f} (forward+backward) vs GFLOPs ratio {flops_ratio:.2f}: {verdict}.")
-        ratio_rows.append(
-            f"| {pair.upper()} | {size} | {flops_ratio:.3f} | {paper_ratio:.3f} | {fwd_ratio:.3f} | "
-            f"{over['forward']:+.1%} | {train_ratio:.3f} | {over['forward+backward']:+.1%} |")
-        print(verdicts[-1], flush=True)
 
+@dataclass
+class PairResult:
+    """One BAPose/DEKR pair's markdown: its two model rows, its ratio row and verdict line; the kernel it ran."""
+
+    rows: list[str]
+    ratio_row: str
+    verdict: str
+    impl: str  # the configured adaptive_impl
+    kernel: str  # what it resolves to on this CPU
+
+
+def bench_pair(pair: str, args: argparse.Namespace) -> PairResult:
+    """Cost (params, MACs) and measured time and memory of one pair, and how the time ratio compares with the
+    FLOPs ratio (printed as it goes)."""
+    bapose, dekr, size = PAIRS[pair]
+    print(f"== {pair}: {bapose} vs {dekr} at {size}", flush=True)
+    cost = {name: model_cost(build(name, "meta"), (1, 3, size, size)) for name in (bapose, dekr)}
+    torch.manual_seed(0)
+    nets = {name: build(name, adaptive_impl=args.adaptive_impl) for name in (bapose, dekr)}
+    impl = next(m.impl for m in nets[bapose].modules() if hasattr(m, "impl"))
+    kernel = resolve_impl(impl, torch.device("cpu"))
+    res = measure_pair(nets, size, args.repeats, args.train_repeats)
+    del nets
+    med = {name: (statistics.median(r.fwd_s), statistics.median(r.train_s)) for name, r in res.items()}
+    rows = []
+    for name in (bapose, dekr):
+        p_params, p_gflops = PAPER[name]
+        rows.append(
+            f"| {name} | {size} | {cost[name].params_m:.2f} ({p_params}) | {cost[name].gmacs:.1f} ({p_gflops}) | "
+            f"{med[name][0] * 1e3:.0f} | {med[name][1] * 1e3:.0f} | {cost[name].params * 4 / 2**20:.0f} | "
+            f"{res[name].fwd_mib:.0f} | {res[name].train_mib:.0f} |")
+    flops_ratio = cost[bapose].macs / cost[dekr].macs
+    paper_ratio = PAPER[bapose][1] / PAPER[dekr][1]
+    fwd_ratio = med[bapose][0] / med[dekr][0]
+    train_ratio = med[bapose][1] / med[dekr][1]
+    over = {"forward": fwd_ratio / flops_ratio - 1, "forward+backward": train_ratio / flops_ratio - 1}
+    exceeded = [k for k, v in over.items() if v > TOLERANCE]
+    claim = (f"**exceeds it by more than {TOLERANCE:.0%}** ({', '.join(exceeded)})" if exceeded
+             else f"does not exceed it by more than {TOLERANCE:.0%}")
+    verdict = (f"- {pair.upper()} @ {size}: BAPose/DEKR time ratio {fwd_ratio:.2f} (forward), "
+               f"{train_ratio:.2f} (forward+backward) vs GFLOPs ratio {flops_ratio:.2f}: {claim}.")
+    ratio_row = (f"| {pair.upper()} | {size} | {flops_ratio:.3f} | {paper_ratio:.3f} | {fwd_ratio:.3f} | "
+                 f"{over['forward']:+.1%} | {train_ratio:.3f} | {over['forward+backward']:+.1%} |")
+    print(verdict, flush=True)
+    return PairResult(rows, ratio_row, verdict, impl, kernel)
+
+
+def markdown(args: argparse.Namespace, results: list[PairResult], wall_s: float) -> str:
+    """The ``benchmarks/model.md`` section: the command and method, the per-model table, the ratio table, verdicts.
+    The kernel named is the last pair's (every pair runs the same ``--adaptive-impl``)."""
+    impl, kernel = results[-1].impl, results[-1].kernel
     cmd = shlex.join(["python", "scripts/bench_model.py", *sys.argv[1:]])
-    md = "\n".join([
+    return "\n".join([
         "## Model: BAPose vs DEKR speed and memory (CPU)",
         "",
         f"`{cmd}`: {args.threads} torch threads, batch 1, random weights (`pretrained=false`), adaptive-conv kernel "
@@ -196,7 +213,7 @@ def main() -> None:
         "Forward: eval mode under `inference_mode`, median of "
         f"{args.repeats} after 1 warm-up. Forward+backward: train-mode BN, a scalar loss over both outputs, "
         f"backward, gradients dropped (no optimizer step), median of {args.train_repeats} after 1 warm-up. "
-        f"The two models of a pair alternate call by call. Wall time {time.perf_counter() - t_start:.0f} s on: "
+        f"The two models of a pair alternate call by call. Wall time {wall_s:.0f} s on: "
         f"{machine()}.",
         "",
         "Peak memory of a call = resident-set high-water mark (reset before the call) minus the resident set before "
@@ -206,22 +223,29 @@ def main() -> None:
         "| model | input | params M (paper) | GMACs (paper GFLOPs) | forward ms/img | forward+backward ms/img | "
         "weights MiB | forward peak +MiB | fwd+bwd peak +MiB |",
         "|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        *[row for r in results for row in r.rows],
         "",
         "BAPose / DEKR ratios; `vs FLOPs` = time ratio / our GFLOPs ratio − 1 (the claim: at most +10 %).",
         "",
         "| pair | input | GFLOPs ratio (ours) | GFLOPs ratio (paper) | forward time ratio | vs FLOPs | "
         "fwd+bwd time ratio | vs FLOPs |",
         "|---|---|---|---|---|---|---|---|",
-        *ratio_rows,
+        *[r.ratio_row for r in results],
         "",
-        *verdicts,
+        *[r.verdict for r in results],
         "",
         "Both models carry the same heads on the same output grid, so the adaptive blocks are a shared cost; their "
         "deformable convs run far below the speed their FLOPs suggest on CPU (grid sampling, not a GEMM), which "
         "pulls the time ratio under the FLOPs ratio, the more so with a slower kernel (`--adaptive-impl auto`).",
     ])
-    print(f"wrote {write_section('model', md)}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    results = [bench_pair(pair, args) for pair in args.pairs]
+    print(f"wrote {write_section('model', markdown(args, results, time.perf_counter() - t_start))}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,83 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _person_scores(poses: np.ndarray, scores: np.ndarray | None, meta: DatasetMeta) -> np.ndarray | None:
+    """Check ``poses`` ``(M, K, 3)`` against the meta; ``scores`` as an ``(M,)`` float array, or None."""
+    k = meta.num_keypoints
+    if poses.ndim != 3 or poses.shape[1:] != (k, 3):
+        raise DataError(f"draw_poses: field 'poses' has shape {poses.shape}; expected (M, {k}, 3) for dataset "
+                        f"'{meta.name}'")
+    m = poses.shape[0]
+    person_scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    if person_scores is not None and person_scores.shape[0] != m:
+        raise DataError(f"draw_poses: field 'scores' has {person_scores.shape[0]} entries; expected {m}")
+    return person_scores
+
+
+def _joint_alpha(pose: np.ndarray, kpt_threshold: float, min_alpha: float,
+                 normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Which joints of a ``(K, 3)`` pose are drawn (finite, score >= ``kpt_threshold``) and their opacity:
+    ``min_alpha`` at the threshold, 1 at (relative, when ``normalize``) score 1."""
+    conf = pose[:, 2].copy()
+    ok = (conf >= kpt_threshold) & np.isfinite(pose[:, :2]).all(1)
+    if normalize and ok.any() and conf[ok].max() > 0:
+        conf = conf / conf[ok].max()
+    return ok, np.clip(min_alpha + (1 - min_alpha) * conf, min_alpha, 1.0).astype(np.float32)
+
+
+class _PoseLayers:
+    """One colour layer and one alpha layer that every limb and joint is painted into; later elements overwrite
+    earlier ones in both (like painting), and one composite puts them on the image."""
+
+    def __init__(self, h: int, w: int, meta: DatasetMeta, thickness: int) -> None:
+        self.color = np.zeros((h, w, 3), np.uint8)
+        self.alpha = np.zeros((h, w), np.float32)
+        self.thickness, self.radius = thickness, thickness + 1
+        self.sides, self.jsides = limb_sides(meta), joint_sides(meta)
+        self.skeleton = np.asarray(meta.skeleton, np.int64).reshape(-1, 2)
+
+    def paint_person(self, pts: np.ndarray, ok: np.ndarray, a: np.ndarray, base: tuple[int, int, int]) -> None:
+        """Limbs between drawn joints, then the joints (white rim), coloured by side from the person's ``base``."""
+        t, radius = self.thickness, self.radius
+        for (ja, jb), side in zip(self.skeleton, self.sides):
+            if ok[ja] and ok[jb]:
+                p0, p1 = tuple(map(int, pts[ja])), tuple(map(int, pts[jb]))
+                # colour without anti-aliasing, alpha with it: edges keep the full colour at partial opacity
+                # (anti-aliasing both would darken the edges towards the black empty layer)
+                cv2.line(self.color, p0, p1, _side_color(base, int(side)), t, cv2.LINE_8)
+                cv2.line(self.alpha, p0, p1, float(min(a[ja], a[jb])), t, cv2.LINE_AA)
+        for j in np.nonzero(ok)[0]:
+            c = tuple(map(int, pts[j]))
+            cv2.circle(self.color, c, radius, _side_color(base, int(self.jsides[j])), -1, cv2.LINE_8)
+            cv2.circle(self.color, c, radius, (255, 255, 255), 1, cv2.LINE_8)
+            cv2.circle(self.alpha, c, radius, float(a[j]), -1, cv2.LINE_AA)
+
+    def composite(self, image: np.ndarray) -> np.ndarray:
+        a3 = self.alpha[..., None]
+        return (image.astype(np.float32) * (1 - a3) + self.color.astype(np.float32) * a3).round().astype(np.uint8)
+
+
+def _score_label(score: float, pts: np.ndarray, radius: int,
+                 color: tuple[int, int, int]) -> tuple[str, tuple[int, int], tuple[int, int, int]]:
+    """A person's score text and anchor: above the top-most of its drawn joints ``pts`` by a fraction of the
+    person's height (clear of the head's joints)."""
+    top = pts[np.argmin(pts[:, 1])]
+    lift = 2 * radius + 2 + int(0.08 * np.ptp(pts[:, 1]))
+    return f"{score:.2f}", (int(top[0]), int(top[1]) - lift), color
+
+
+def _draw_labels(out: np.ndarray, labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]]) -> None:
+    """Score labels, opaque, on a dark box so they read on any background (in place)."""
+    h, w = out.shape[:2]
+    scale = max(0.3, min(h, w) / 900)
+    for text, (x, y), col in labels:
+        (tw, th), base_line = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = int(np.clip(x - tw // 2, 0, max(w - tw - 1, 0)))
+        y = int(np.clip(y, th + 1, h - base_line - 1))
+        cv2.rectangle(out, (x - 1, y - th - 1), (x + tw + 1, y + base_line), (0, 0, 0), -1)
+        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, col, 1, cv2.LINE_AA)
+
+
 def draw_poses(image: np.ndarray, poses: np.ndarray, scores: np.ndarray | None, meta: DatasetMeta,
                score_threshold: float = 0.3, kpt_threshold: float = 0.05, min_alpha: float = 0.25,
                thickness: int | None = None, show_scores: bool = True,
@@ -105,69 +182,25 @@ def draw_poses(image: np.ndarray, poses: np.ndarray, scores: np.ndarray | None, 
     poses = np.asarray(poses, dtype=np.float64)
     if poses.size == 0:
         return out
-    k = meta.num_keypoints
-    if poses.ndim != 3 or poses.shape[1:] != (k, 3):
-        raise DataError(f"draw_poses: field 'poses' has shape {poses.shape}; expected (M, {k}, 3) for dataset "
-                        f"'{meta.name}'")
-    m = poses.shape[0]
-    person_scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
-    if person_scores is not None and person_scores.shape[0] != m:
-        raise DataError(f"draw_poses: field 'scores' has {person_scores.shape[0]} entries; expected {m}")
-
+    person_scores = _person_scores(poses, scores, meta)
     h, w = out.shape[:2]
-    t = thickness or max(1, round(min(h, w) / 200))
-    radius = t + 1
-    color = np.zeros((h, w, 3), np.uint8)
-    # later elements overwrite earlier ones in both layers (like painting); one composite at the end
-    alpha = np.zeros((h, w), np.float32)
-    sides, jsides = limb_sides(meta), joint_sides(meta)
-    skeleton = np.asarray(meta.skeleton, np.int64).reshape(-1, 2)
-    labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]] = []
-
+    layers = _PoseLayers(h, w, meta, thickness or max(1, round(min(h, w) / 200)))
+    labels = []
     # lowest score first, so better people end on top where they overlap
-    order = np.argsort(person_scores, kind="stable") if person_scores is not None else np.arange(m)
+    order = np.argsort(person_scores, kind="stable") if person_scores is not None else np.arange(poses.shape[0])
     for i in order:
         if person_scores is not None and person_scores[i] < score_threshold:
             continue
-        pose = poses[i]
-        conf = pose[:, 2].copy()
-        ok = (conf >= kpt_threshold) & np.isfinite(pose[:, :2]).all(1)
+        ok, a = _joint_alpha(poses[i], kpt_threshold, min_alpha, normalize_joint_scores)
         if not ok.any():
             continue
-        if normalize_joint_scores and conf[ok].max() > 0:
-            conf = conf / conf[ok].max()
-        # score -> opacity: min_alpha at the threshold, 1 at (relative) score 1
-        a = np.clip(min_alpha + (1 - min_alpha) * conf, min_alpha, 1.0).astype(np.float32)
-        pts = np.round(pose[:, :2]).astype(np.int64)
+        pts = np.round(poses[i][:, :2]).astype(np.int64)
         base = person_color(int(i))
-        for (ja, jb), side in zip(skeleton, sides):
-            if ok[ja] and ok[jb]:
-                p0, p1 = tuple(map(int, pts[ja])), tuple(map(int, pts[jb]))
-                # colour without anti-aliasing, alpha with it: edges keep the full colour at partial opacity
-                # (anti-aliasing both would darken the edges towards the black empty layer)
-                cv2.line(color, p0, p1, _side_color(base, int(side)), t, cv2.LINE_8)
-                cv2.line(alpha, p0, p1, float(min(a[ja], a[jb])), t, cv2.LINE_AA)
-        for j in np.nonzero(ok)[0]:
-            c = tuple(map(int, pts[j]))
-            cv2.circle(color, c, radius, _side_color(base, int(jsides[j])), -1, cv2.LINE_8)
-            cv2.circle(color, c, radius, (255, 255, 255), 1, cv2.LINE_8)
-            cv2.circle(alpha, c, radius, float(a[j]), -1, cv2.LINE_AA)
+        layers.paint_person(pts, ok, a, base)
         if show_scores and person_scores is not None:
-            top = pts[ok][np.argmin(pts[ok][:, 1])]
-            # above the top-most joint by a fraction of the person's height (clear of the head's joints)
-            lift = 2 * radius + 2 + int(0.08 * np.ptp(pts[ok][:, 1]))
-            labels.append((f"{person_scores[i]:.2f}", (int(top[0]), int(top[1]) - lift), base))
-
-    a3 = alpha[..., None]
-    out = (out.astype(np.float32) * (1 - a3) + color.astype(np.float32) * a3).round().astype(np.uint8)
-    # score labels last and opaque, on a dark box so they read on any background
-    scale = max(0.3, min(h, w) / 900)
-    for text, (x, y), col in labels:
-        (tw, th), base_line = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x = int(np.clip(x - tw // 2, 0, max(w - tw - 1, 0)))
-        y = int(np.clip(y, th + 1, h - base_line - 1))
-        cv2.rectangle(out, (x - 1, y - th - 1), (x + tw + 1, y + base_line), (0, 0, 0), -1)
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, col, 1, cv2.LINE_AA)
+            labels.append(_score_label(person_scores[i], pts[ok], layers.radius, base))
+    out = layers.composite(out)
+    _draw_labels(out, labels)  # last and opaque
     return out
 
 

@@ -97,6 +97,85 @@ def _other_fields(ann: Mapping, size: int, field: str) -> list[str]:
             and isinstance(v, (list, tuple)) and len(v) == size]
 
 
+def _image_ids(gt: Mapping, file: object) -> set:
+    """The ids of ``gt['images']``: each present, an integer (or string), unique."""
+    image_ids = set()
+    for i, img in enumerate(gt["images"]):
+        if not isinstance(img, Mapping) or "id" not in img:
+            raise DataError(f"{where(file, f'images[{i}].id')}: missing; expected an image id")
+        if not _id_ok(img["id"]):
+            raise DataError(f"{where(file, f'images[{i}].id')}: {img['id']!r}; expected an integer id")
+        if img["id"] in image_ids:
+            raise DataError(f"{where(file, 'images.id')}: image id {img['id']} appears twice; expected unique ids")
+        image_ids.add(img["id"])
+    return image_ids
+
+
+def _joint_set_category_ids(gt: Mapping, meta: DatasetMeta, file: object, keypoints_field: str) -> set | None:
+    """Ids of the keypoint categories of the meta's joint set (their K checked); None when the file has none."""
+    cats = [c for c in gt.get("categories", []) or [] if isinstance(c, Mapping) and "keypoints" in c]
+    if not cats:
+        return None
+    k = meta.num_keypoints
+    chosen = keypoint_categories(gt, file, keypoints_field)
+    names = chosen[0].get(keypoints_field) or chosen[0]["keypoints"]
+    if len(names) != k:
+        raise DataError(f"{where(file, 'categories.keypoints')}: category '{chosen[0].get('name')}' has "
+                        f"{len(names)} keypoints; expected {k} ({meta.name})")
+    return {c.get("id") for c in chosen}
+
+
+def _check_keypoints(ann: Mapping, aid: Any, meta: DatasetMeta, file: object, keypoints_field: str) -> None:
+    """``ann[keypoints_field]``: a list of 3K finite numbers (naming other fields of that length when it is not)."""
+    k = meta.num_keypoints
+    kp = ann.get(keypoints_field)
+    if not isinstance(kp, (list, tuple)) or len(kp) != 3 * k:
+        got = len(kp) if isinstance(kp, (list, tuple)) else type(kp).__name__
+        others = _other_fields(ann, 3 * k, keypoints_field)
+        hint = (f"; the annotations also carry {others} with {3 * k} values: choose one with "
+                f"data.meta.keypoints_field={others[0]} (bapose-score --keypoints-field {others[0]})"
+                if others else "")
+        raise DataError(f"{where(file, keypoints_field, aid)}: {got} values; expected {3 * k} (x, y, v for {k} "
+                        f"{meta.name} joints){hint}")
+    try:
+        arr = np.asarray(kp, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where(file, keypoints_field, aid)}: non-numeric values ({e}); expected numbers") \
+            from None
+    if not np.isfinite(arr).all():
+        raise DataError(f"{where(file, keypoints_field, aid)}: NaN or infinite coordinate at joint(s) "
+                        f"{sorted(set((np.nonzero(~np.isfinite(arr))[0] // 3).tolist()))}; expected finite numbers")
+
+
+def _check_bbox(ann: Mapping, aid: Any, file: object, require_bbox: bool) -> None:
+    """``ann['bbox']``: 4 finite numbers with w, h >= 0; present when ``require_bbox``."""
+    box = ann.get("bbox")
+    if box is not None:
+        try:
+            b = np.asarray(box, dtype=np.float64) if isinstance(box, (list, tuple)) else np.zeros(0)
+        except (TypeError, ValueError):
+            b = np.zeros(0)
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise DataError(f"{where(file, 'bbox', aid)}: {box!r}; expected 4 finite numbers [x, y, w, h]")
+        if b[2] < 0 or b[3] < 0:
+            raise DataError(f"{where(file, 'bbox', aid)}: negative width/height {box!r}; expected w, h >= 0")
+    elif require_bbox:
+        raise DataError(f"{where(file, 'bbox', aid)}: missing; expected [x, y, w, h] (the OKS scale of "
+                        "CrowdPose rules and of --area-from bbox is the box area)")
+
+
+def _check_area(ann: Mapping, aid: Any, file: object, require_area: bool) -> None:
+    """``ann['area']``: a finite number >= 0; present when ``require_area``."""
+    if "area" in ann:
+        a = ann["area"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            raise DataError(f"{where(file, 'area', aid)}: {a!r}; expected a finite number >= 0")
+    elif require_area:
+        raise DataError(f"{where(file, 'area', aid)}: missing; COCO rules take the OKS scale from the segment "
+                        "area: score with CrowdPose rules (--dataset crowdpose, data.eval_mode=crowdpose) or "
+                        "take it from the box (--area-from bbox)")
+
+
 def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None, require_area: bool = False,
                             keypoints_field: str = "keypoints", require_bbox: bool = False) -> list[Mapping]:
     """Check a COCO-format keypoint ground truth; raise :class:`DataError` naming file, annotation id and field.
@@ -110,28 +189,11 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
         the annotations of the joint set: those of the keypoint categories with the meta's joint names (all of them
         when the file has no keypoint category, or the annotations carry no ``category_id``).
     """
-    k = meta.num_keypoints
     for key in ("images", "annotations"):
         if not isinstance(gt.get(key), list):
             raise DataError(f"{where(file, key)}: missing or not a list; expected a COCO-format keypoint file")
-    image_ids = set()
-    for i, img in enumerate(gt["images"]):
-        if not isinstance(img, Mapping) or "id" not in img:
-            raise DataError(f"{where(file, f'images[{i}].id')}: missing; expected an image id")
-        if not _id_ok(img["id"]):
-            raise DataError(f"{where(file, f'images[{i}].id')}: {img['id']!r}; expected an integer id")
-        if img["id"] in image_ids:
-            raise DataError(f"{where(file, 'images.id')}: image id {img['id']} appears twice; expected unique ids")
-        image_ids.add(img["id"])
-    cat_ids = None
-    cats = [c for c in gt.get("categories", []) or [] if isinstance(c, Mapping) and "keypoints" in c]
-    if cats:
-        chosen = keypoint_categories(gt, file, keypoints_field)
-        names = chosen[0].get(keypoints_field) or chosen[0]["keypoints"]
-        if len(names) != k:
-            raise DataError(f"{where(file, 'categories.keypoints')}: category '{chosen[0].get('name')}' has "
-                            f"{len(names)} keypoints; expected {k} ({meta.name})")
-        cat_ids = {c.get("id") for c in chosen}
+    image_ids = _image_ids(gt, file)
+    cat_ids = _joint_set_category_ids(gt, meta, file, keypoints_field)
     anns, seen_ids, repeated = [], set(), []
     for i, ann in enumerate(gt["annotations"]):
         aid = ann.get("id", f"#{i}") if isinstance(ann, Mapping) else f"#{i}"
@@ -148,44 +210,9 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
         anns.append(ann)
         if ann.get("image_id") not in image_ids:
             raise DataError(f"{where(file, 'image_id', aid)}: image id {ann.get('image_id')!r} is not in 'images'")
-        kp = ann.get(keypoints_field)
-        if not isinstance(kp, (list, tuple)) or len(kp) != 3 * k:
-            got = len(kp) if isinstance(kp, (list, tuple)) else type(kp).__name__
-            others = _other_fields(ann, 3 * k, keypoints_field)
-            hint = (f"; the annotations also carry {others} with {3 * k} values: choose one with "
-                    f"data.meta.keypoints_field={others[0]} (bapose-score --keypoints-field {others[0]})"
-                    if others else "")
-            raise DataError(f"{where(file, keypoints_field, aid)}: {got} values; expected {3 * k} (x, y, v for {k} "
-                            f"{meta.name} joints){hint}")
-        try:
-            arr = np.asarray(kp, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{where(file, keypoints_field, aid)}: non-numeric values ({e}); expected numbers") \
-                from None
-        if not np.isfinite(arr).all():
-            raise DataError(f"{where(file, keypoints_field, aid)}: NaN or infinite coordinate at joint(s) "
-                            f"{sorted(set((np.nonzero(~np.isfinite(arr))[0] // 3).tolist()))}; expected finite numbers")
-        box = ann.get("bbox")
-        if box is not None:
-            try:
-                b = np.asarray(box, dtype=np.float64) if isinstance(box, (list, tuple)) else np.zeros(0)
-            except (TypeError, ValueError):
-                b = np.zeros(0)
-            if b.shape != (4,) or not np.isfinite(b).all():
-                raise DataError(f"{where(file, 'bbox', aid)}: {box!r}; expected 4 finite numbers [x, y, w, h]")
-            if b[2] < 0 or b[3] < 0:
-                raise DataError(f"{where(file, 'bbox', aid)}: negative width/height {box!r}; expected w, h >= 0")
-        elif require_bbox:
-            raise DataError(f"{where(file, 'bbox', aid)}: missing; expected [x, y, w, h] (the OKS scale of "
-                            "CrowdPose rules and of --area-from bbox is the box area)")
-        if "area" in ann:
-            a = ann["area"]
-            if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
-                raise DataError(f"{where(file, 'area', aid)}: {a!r}; expected a finite number >= 0")
-        elif require_area:
-            raise DataError(f"{where(file, 'area', aid)}: missing; COCO rules take the OKS scale from the segment "
-                            "area: score with CrowdPose rules (--dataset crowdpose, data.eval_mode=crowdpose) or "
-                            "take it from the box (--area-from bbox)")
+        _check_keypoints(ann, aid, meta, file, keypoints_field)
+        _check_bbox(ann, aid, file, require_bbox)
+        _check_area(ann, aid, file, require_area)
     check_unique_ids(file, repeated)
     return anns
 
