@@ -83,7 +83,7 @@ def test_any_timm_hrnet_layout_converts_and_round_trips(tiny_dekr):
     net, src, dst = tiny_dekr
     model = bapose.load_model(dst)
     # the stage layout picked the timm model (its branches are 16 wide: no width-named candidate exists)
-    assert model.info["model"]["backbone"] == "hrnet_w18_small" and model.info["converted_from"]["width"] == 16
+    assert model.info.model["backbone"] == "hrnet_w18_small" and model.info.converted_from["width"] == 16
     assert model.net.backbone.name == "hrnet_w18_small" and model.input_size == 128
     x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -123,9 +123,9 @@ def test_converted_checkpoint_reproduces_dekr_outputs(keys_json, converted):
         assert (offsets_tv + ref["offsets"]).abs().max() < 1e-4
     # the checkpoint says how to decode: DEKR's grid convention, pose NMS, eval resize, no heatmap refinement
     info = model.info
-    assert info["codec"]["grid_align"] == "dekr" and info["codec"]["pose_nms"] == "dekr"
-    assert info["eval_resize"] == "dekr" and model.codec.align == "dekr" and model.codec.refine_radius == 0
-    assert info["converted_from"]["tensors"] == len(spec["keys"])
+    assert info.codec["grid_align"] == "dekr" and info.codec["pose_nms"] == "dekr"
+    assert info.eval_resize == "dekr" and model.codec.align == "dekr" and model.codec.refine_radius == 0
+    assert info.converted_from["tensors"] == len(spec["keys"])
 
 
 def test_wrapped_files_convert_to_the_same_weights(tmp_path, tiny_dekr):
