@@ -139,6 +139,10 @@ def build_module(cfg: DictConfig, codec: Any, **overrides: Any) -> Any:
     """The net of ``cfg.model`` (:func:`build_net`) wrapped in ``cfg.module`` (no data is touched)."""
     net = build_net(cfg.model)
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
-    # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node
-    factory = instantiate_checked(module_config(cfg.module), _partial_=True)
-    return factory(net=net, codec=codec, model_config=model_config, **overrides)
+    node = module_config(cfg.module)
+    plain = OmegaConf.to_container(node)
+    # objects go in through a partial: Hydra would try to turn a dataclass kwarg (the codec) into a config node;
+    # the optimizer / scheduler nodes go in as configs too, for the module's saved hyper-parameters
+    factory = instantiate_checked(node, _partial_=True)
+    return factory(net=net, codec=codec, model_config=model_config, optimizer_config=plain.get("optimizer"),
+                   scheduler_config=plain.get("scheduler"), **overrides)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import warnings
@@ -16,11 +15,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from bapose.checkpoints.io import assert_finite_state, check_state_dict_compatible
+from bapose.checkpoints.io import check_state_dict_compatible
 from bapose.checkpoints.schema import CheckpointInfo
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.predictor import Predictor, images_to_float
+from bapose.training.hparams import codec_spec, from_configs, loss_spec
 from bapose.training.loss import BAPoseLoss
 from bapose.training.schedules import lr_scheduler_configs
 
@@ -49,13 +49,6 @@ def _make_ema(net: nn.Module, decay: float) -> nn.Module:
     return ema.train()
 
 
-def _codec_spec(codec: Any) -> dict[str, Any] | None:
-    if codec is None or not dataclasses.is_dataclass(codec):
-        return None
-    spec = dataclasses.asdict(codec)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
-
-
 class BAPoseModule(L.LightningModule):
     """Wires an injected net, codec and loss into Lightning; validation/test score COCO (or CrowdPose) AP.
 
@@ -77,7 +70,15 @@ class BAPoseModule(L.LightningModule):
         test_flip / test_scales: the same for ``trainer.test``; ``None`` copies the validation settings.
         max_nonfinite_steps: stop with :class:`NonFiniteLossError` after this many non-finite losses in a row
             (each is skipped: no backward, no optimizer update).
-        model_config: the config the net was built from, stored in checkpoints so ``bapose-eval`` rebuilds it.
+        model_config: the config the net was built from, stored in checkpoints so ``bapose-eval`` rebuilds it;
+            with ``net=None`` the net is built from it (``bapose.build.build_net``, never with downloaded weights).
+        codec_config / loss_config / optimizer_config / scheduler_config: plain dicts of the codec's fields, the
+            loss's, and the optimizer / scheduler ``_partial_`` nodes: used where the object is not given.
+
+    Every argument but the objects is saved as Lightning hyper-parameters (``hparams``, the checkpoint's
+    ``hyper_parameters``; the net, codec and loss as their configs), so
+    ``BAPoseModule.load_from_checkpoint("checkpoints/best.ckpt")`` rebuilds the module that was trained
+    (``bapose.load_model`` stays the one-call loader of a net, its codec and joint set for predicting).
 
     SyncBatchNorm is a trainer option (``trainer.sync_batchnorm=true``, set by the ``ddp`` presets), and mixed precision
     is ``trainer.precision`` (``bf16-mixed`` / ``16-mixed``): one way to do each.
@@ -85,7 +86,7 @@ class BAPoseModule(L.LightningModule):
 
     def __init__(
         self,
-        net: nn.Module,
+        net: nn.Module | None = None,
         codec: Any = None,
         loss: nn.Module | None = None,
         optimizer: Callable[..., Optimizer] | None = None,
@@ -101,6 +102,10 @@ class BAPoseModule(L.LightningModule):
         test_scales: Sequence[float] | None = None,
         max_nonfinite_steps: int = 20,
         model_config: Mapping[str, Any] | None = None,
+        codec_config: Mapping[str, Any] | None = None,
+        loss_config: Mapping[str, Any] | None = None,
+        optimizer_config: Mapping[str, Any] | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -110,9 +115,22 @@ class BAPoseModule(L.LightningModule):
             raise ConfigError(f"module: field 'warmup_steps' is {warmup_steps}; expected >= 0 optimizer steps")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"module: field 'max_nonfinite_steps' is {max_nonfinite_steps}; expected >= 1")
+        net, codec, loss, optimizer, scheduler = from_configs(net, codec, loss, optimizer, scheduler, model_config,
+                                                              codec_config, loss_config, optimizer_config,
+                                                              scheduler_config)
+        self.save_hyperparameters({
+            "model_config": dict(model_config) if model_config is not None else None,
+            "codec_config": codec_spec(codec), "loss_config": loss_spec(loss),
+            "optimizer_config": dict(optimizer_config) if optimizer_config is not None else None,
+            "scheduler_config": dict(scheduler_config) if scheduler_config is not None else None,
+            "scheduler_interval": scheduler_interval, "warmup_steps": int(warmup_steps), "ema_decay": ema_decay,
+            "compile": bool(compile), "channels_last": bool(channels_last), "val_flip": bool(val_flip),
+            "val_scales": [float(v) for v in val_scales], "test_flip": test_flip,
+            "test_scales": [float(v) for v in test_scales] if test_scales is not None else None,
+            "max_nonfinite_steps": int(max_nonfinite_steps)})
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.codec = codec
-        self.loss = loss if loss is not None else BAPoseLoss()
+        self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -401,7 +419,7 @@ class BAPoseModule(L.LightningModule):
             meta=self.meta.name if self.meta is not None else None,
             # the whole joint set (plain lists, loadable with weights_only=True): predict/export rebuild custom K
             meta_spec=self.meta.spec() if self.meta is not None else None,
-            codec=_codec_spec(self.codec),
+            codec=codec_spec(self.codec),
             input_size=getattr(self.codec, "input_size", None),
             ema=self.ema is not None,
             # the dataset (joint set, rule set, files): bapose-eval scores on it when no data= is given
@@ -409,7 +427,6 @@ class BAPoseModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        assert_finite_state(checkpoint["state_dict"], source=f"epoch {self.current_epoch} step {self.global_step}")
         self.checkpoint_metadata().write(checkpoint)
         checkpoint["bapose_counters"] = {"nonfinite_steps": self.nonfinite_steps}
 
@@ -426,6 +443,8 @@ class BAPoseModule(L.LightningModule):
             expected_meta={"num_keypoints": getattr(self.net, "num_keypoints", None), "model": self.model_config},
             found_meta={"num_keypoints": stored.num_keypoints, "model": stored.model})
         self.nonfinite_steps = int(checkpoint.get("bapose_counters", {}).get("nonfinite_steps", 0))
+        if self.meta is None:  # load_from_checkpoint: the joint set it was trained on (setup() replaces it)
+            self.meta = stored.joint_set()
 
     def on_train_start(self) -> None:
         if not self.trainer.ckpt_path or not self.trainer.is_global_zero:
