@@ -16,7 +16,7 @@ from bapose.build import compose_config
 from bapose.training.fit import train
 from bapose.errors import CheckpointError, ConfigError
 from bapose.training import BAPoseLoss, BAPoseModule, NonFiniteLossError
-from bapose.checkpoints.io import load_checkpoint_safely
+from bapose.checkpoints.io import AtomicCheckpointIO, load_checkpoint_safely
 
 # the real configs, shrunk: 64 px generated images, a handful of them, no workers, CSV logging only
 TINY = [
@@ -143,12 +143,15 @@ def test_nonfinite_streak_stops_training_with_message_and_no_checkpoint(tmp_path
         torch.testing.assert_close(state["net.conv.weight"], init["conv.weight"])
 
 
-def test_checkpoint_with_nonfinite_weights_is_refused():
+def test_checkpoint_with_nonfinite_weights_is_refused(tmp_path):
     module = _module()
     with torch.no_grad():
         module.net.conv.weight[0, 0, 0, 0] = float("inf")
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # the module's entry; the save's one finite-weights check is the IO's
     with pytest.raises(CheckpointError, match=r"net\.conv\.weight"):
-        module.on_save_checkpoint({"state_dict": module.state_dict()})
+        AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / "last.ckpt")
+    assert not (tmp_path / "last.ckpt").exists()
 
 
 def test_warmup_is_a_torch_scheduler_the_lr_monitor_sees(tmp_path):

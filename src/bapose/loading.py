@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class LoadedModel:
     meta: DatasetMeta
     input_size: int
     path: Path
-    info: CheckpointInfo
+    info: CheckpointInfo = field(default_factory=CheckpointInfo)
     epoch: int | None = None
     global_step: int | None = None
 

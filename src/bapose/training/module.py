@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from bapose.checkpoints.io import check_state_dict_compatible
-from bapose.checkpoints.schema import CheckpointInfo
+from bapose.checkpoints.schema import CHECKPOINT_KEY, CheckpointInfo
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.predictor import Predictor, images_to_float
@@ -411,7 +411,13 @@ class BAPoseModule(L.LightningModule):
         self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_metadata(self) -> CheckpointInfo:
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint says about itself: the plain ``bapose`` entry of :meth:`checkpoint_info`."""
+        checkpoint: dict[str, Any] = {}
+        self.checkpoint_info().write(checkpoint)
+        return checkpoint[CHECKPOINT_KEY]
+
+    def checkpoint_info(self) -> CheckpointInfo:
         """What a checkpoint says about itself (:class:`bapose.checkpoints.schema.CheckpointInfo`)."""
         return CheckpointInfo(
             model=self.model_config,
@@ -427,7 +433,7 @@ class BAPoseModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.checkpoint_metadata().write(checkpoint)
+        self.checkpoint_info().write(checkpoint)
         checkpoint["bapose_counters"] = {"nonfinite_steps": self.nonfinite_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
