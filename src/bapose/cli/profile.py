@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bapose import paths
 from bapose.models import build_model
-from bapose.utils.flops import input_hw, model_cost
+from bapose.models.bapose import input_hw
+from bapose.utils.flops import model_cost
 
 
 def measure_latency_ms(net: torch.nn.Module, images: torch.Tensor, repeats: int, warmup: int = 1) -> float:

@@ -34,7 +34,7 @@ def _count(model: dict[str, Any], size: Any) -> tuple[float, float]:
     import torch
 
     from bapose.models import build_model
-    from bapose.utils.flops import input_hw
+    from bapose.models.bapose import input_hw
     from bapose.utils.flops import model_cost as count
 
     h, w = input_hw(size)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -40,24 +39,6 @@ def flop_counter(display: bool = False) -> FlopCounterMode:
     """A ``FlopCounterMode`` that also counts torchvision's deformable conv."""
     mapping = {_DEFORM_OP: deform_conv2d_flops} if _DEFORM_OP is not None else {}
     return FlopCounterMode(display=display, custom_mapping=mapping)
-
-
-def input_hw(size: Any) -> tuple[int, int]:
-    """``data.input_size`` as ``(H, W)``: an int for a square input or a ``[H, W]`` pair, checked against the net's
-    stride (:func:`bapose.models.validate_input_size`)."""
-    from omegaconf import ListConfig
-
-    from bapose.errors import ConfigError
-    from bapose.models import validate_input_size
-
-    if isinstance(size, (list, tuple, ListConfig)) and len(size) == 2:
-        h, w = (int(s) for s in size)
-    elif isinstance(size, int):
-        h = w = size
-    else:
-        raise ConfigError(f"field 'data.input_size': expected an int or [H, W], got {size!r}")
-    validate_input_size(h, w)
-    return h, w
 
 
 @dataclass(frozen=True)
