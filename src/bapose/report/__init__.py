@@ -26,10 +26,9 @@ never dropped.
 
 from __future__ import annotations
 
-from bapose.report.jobs import Job, parse_overrides
+from bapose.report.jobs import Job
 from bapose.report.sweep import find_jobs, sweep_report
 from bapose.report.table import Row, SweepReport
-from bapose.report.values import fmt_value
 from bapose.report.wandb_api import is_wandb_spec
 
-__all__ = ["Job", "Row", "SweepReport", "find_jobs", "fmt_value", "is_wandb_spec", "parse_overrides", "sweep_report"]
+__all__ = ["Job", "Row", "SweepReport", "find_jobs", "is_wandb_spec", "sweep_report"]
