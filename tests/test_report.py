@@ -2,7 +2,8 @@
 
 The fast tests write job folders in the layout bapose-train leaves (status.json, metrics.json, .hydra/overrides.yaml)
 with made-up numbers, to pin the arithmetic and the failure handling; the slow test reports a real 2 x 2 x 2-seed
-CPU sweep (plus a job that really failed) from its run folders and from its offline W&B runs.
+CPU sweep (plus a job that really failed) from its run folders, and gets the same table with wandb not importable
+and the runs' W&B folders deleted, and from the same sweep run with logger=[csv].
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,14 +188,39 @@ def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys
         report_main([str(tmp_path / "missing")])
     assert "no such folder" in str(e.value.code) and "missing" in str(e.value.code)
 
+    # W&B's own run folders are not read: the message names the run folder around it
+    job = make_job(tmp_path / "logged", 0, ["seed=1"], {"val/AP": 0.5})
+    (job / "wandb" / "offline-run-20260101_000000-abc123").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        report_main([str(job / "wandb" / "offline-run-20260101_000000-abc123")])
+    msg = str(e.value.code)
+    assert "W&B run folder" in msg and f"('{job}'" in msg and "\n" not in msg
+
+    # a corrupt overrides.yaml stops the report naming the file; a corrupt metrics.json is listed with its job
+    broken = tmp_path / "broken_sweep"
+    make_job(broken, 0, ["seed=1"], {"val/AP": 0.5})
+    make_job(broken, 1, ["seed=2"], {"val/AP": 0.7})
+    (broken / "1" / "metrics.json").write_text('{"val/AP": 0.7')
+    report = sweep_report([broken], cost=False)
+    assert [r.stats["val/AP"][0] for r in report.rows] == [0.5]
+    ((bad_job),) = report.problems
+    assert bad_job.name == "broken_sweep/1" and bad_job.status == "unfinished"
+    assert bad_job.error.startswith("unreadable metrics.json (JSONDecodeError") and "expected a JSON object" in \
+        bad_job.error
+    (broken / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- [unclosed\n")
+    with pytest.raises(SystemExit) as e:
+        report_main([str(broken)])
+    msg = str(e.value.code)
+    assert f"'{broken / '0' / '.hydra' / 'overrides.yaml'}'" in msg and "YAML list" in msg and "\n" not in msg
+
 
 class FakeRun:
-    """The attributes of ``wandb.apis.public.Run`` the report reads."""
+    """The public attributes of ``wandb.apis.public.Run`` the report reads (``summary``: a mapping)."""
 
-    def __init__(self, run_id, state, overrides, summary):
-        self.id, self.name, self.state = run_id, f"{run_id}-name", state
-        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}}
-        self.summary_metrics = summary
+    def __init__(self, run_id, state, overrides, summary, config=None, group="train-sweep1"):
+        self.id, self.name, self.state, self.group = run_id, f"{run_id}-name", state, group
+        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}, **(config or {})}
+        self.summary = summary
         self.url = f"https://wandb.ai/me/bapose/runs/{run_id}"
 
 
@@ -232,35 +259,76 @@ def test_report_of_a_wandb_group_and_sweep_through_the_public_api_shape(tmp_path
         sweep_report(["wandb:only-entity"], api=api)
 
 
+def test_a_sweep_through_the_wandb_api_gives_the_table_of_its_run_folders(tmp_path):
+    """What a bapose-train sweep puts on the W&B server (the overrides in the run config, the numbers in the summary,
+    the state) reads as the same table as its run folders."""
+    sweep = tmp_path / "sweep"
+    fixture_sweep(sweep)
+    runs = []
+    for job in sorted(sweep.iterdir(), key=lambda p: int(p.name)):
+        status = json.loads((job / "status.json").read_text())
+        metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").is_file() else {}
+        state = {"finished": "finished", "failed": "failed"}.get(status["status"], "running")
+        runs.append(FakeRun(f"r{job.name}", state, status["overrides"], metrics))
+    api = FakeApi(runs)
+    online = sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=api, cost=False)
+    local = sweep_report([sweep], cost=False)
+    assert table_rows(online.markdown()) == table_rows(local.markdown()) and len(online.rows) == 4
+    assert [(j.status, j.error) for j in online.problems] == [
+        ("failed", "W&B state 'failed'"), ("unfinished", "W&B state 'running'")]
+
+
 # --------------------------------------------------------------------------------------------- a real sweep
 TINY = ["debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "data.input_size=64", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.image_size=64",
         "data.batch_size=2", "data.val_batch_size=2", "run_test=false", "draw_images=1"]
+SWEPT = ["model.decoder.dilations=" + ",".join(DILS), "module.loss.offset_weight=" + ",".join(map(str, WEIGHTS)),
+         "seed=1,2"]
+
+
+def _sweep_env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _without_wandb(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` in which ``import wandb`` fails as if wandb were not installed (a stand-in package first on the path)."""
+    shim = tmp_path / "no-wandb"
+    (shim / "wandb").mkdir(parents=True, exist_ok=True)
+    (shim / "wandb" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'wandb' (hidden by test_report)\", name='wandb')\n")
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)}
+
+
+def _report_cli(sweep: Path, out: Path, env: dict[str, str]) -> str:
+    """``bapose-report SWEEP -o OUT`` in a subprocess; returns report.md."""
+    exe = Path(sys.executable).parent / "bapose-report"
+    done = subprocess.run([str(exe), str(sweep), "-o", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return (out / "report.md").read_text()
 
 
 @pytest.mark.slow
 def test_real_2x2_sweep_with_two_seeds_and_a_failed_job(tmp_path):
     exe = Path(sys.executable).parent
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [str(exe / "bapose-train"), "-m", *TINY, "model.decoder.dilations=" + ",".join(DILS),
-           "module.loss.offset_weight=" + ",".join(map(str, WEIGHTS)), "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    env = _sweep_env(tmp_path)
+    cmd = [str(exe / "bapose-train"), "-m", *TINY, "logger=[csv,wandb]", *SWEPT, f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list(sweep.glob("[0-7]/wandb/offline-run-*"))) == 8  # every job logged to W&B (offline)
     # a ninth job of the same sweep that fails (a bad input size): a real run folder with status.json "failed"
-    bad = [str(exe / "bapose-train"), *TINY, "model.decoder.dilations=[1,6,12,18]", "module.loss.offset_weight=0.03",
-           "seed=1", "data.input_size=63", f"hydra.run.dir={sweep / '8'}"]
+    bad = [str(exe / "bapose-train"), *TINY, "logger=[csv,wandb]", "model.decoder.dilations=[1,6,12,18]",
+           "module.loss.offset_weight=0.03", "seed=1", "data.input_size=63", f"hydra.run.dir={sweep / '8'}"]
     failed = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
     error = json.loads((sweep / "8" / "status.json").read_text())["error"]
     assert "input_size" in error
 
-    out = subprocess.run([str(exe / "bapose-report"), str(sweep), "-o", str(tmp_path / "report")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    md = (tmp_path / "report" / "report.md").read_text()
+    md = _report_cli(sweep, tmp_path / "report", env)
     cells = table_rows(md)
     # the varying keys as columns and nothing else (seed folded; debug, data sizes etc. are the same in every job)
     assert cells[0] == ["", "model.decoder.dilations", "module.loss.offset_weight", "AP", "AP50", "AP75", "AR", "n",
@@ -284,13 +352,24 @@ def test_real_2x2_sweep_with_two_seeds_and_a_failed_job(tmp_path):
     failures = md.split("## Failed or unfinished jobs (1)")[1]
     assert "| `sweep/8` | failed |" in failures and error.replace("|", "\\|") in failures
     assert "data.input_size=63" in failures
+    csv_text = (tmp_path / "report" / "report.csv").read_text()
 
-    # the same sweep from its offline W&B runs: the swept keys come from the hydra_overrides each run carries
-    runs = sorted(sweep.glob("[0-7]/wandb/offline-run-*"))
-    assert len(runs) == 8
-    from_wandb = sweep_report(runs, cost=False)
-    from_dirs = sweep_report([sweep], cost=False)
-    assert from_wandb.keys == from_dirs.keys and len(from_wandb.rows) == 4
-    for a, b in zip(sorted(from_wandb.rows, key=lambda r: str(r.values)),
-                    sorted(from_dirs.rows, key=lambda r: str(r.values)), strict=True):
-        assert a.values == b.values and a.stats["val/AP"] == pytest.approx(b.stats["val/AP"])
+    # issue 22: W&B absent gives the same report, byte for byte (wandb not importable, the runs' W&B folders gone)
+    with pytest.raises(DataError, match="W&B run folder.*'.*sweep/0'"):  # W&B's own files are not a source
+        sweep_report(sorted(sweep.glob("0/wandb/offline-run-*")), cost=False)
+    for folder in sweep.glob("*/wandb"):
+        shutil.rmtree(folder)
+    no_wandb = _without_wandb(tmp_path, env)
+    hidden = subprocess.run([sys.executable, "-c", "import wandb"], env=no_wandb, capture_output=True, text=True)
+    assert hidden.returncode != 0 and "hidden by test_report" in hidden.stderr
+    assert _report_cli(sweep, tmp_path / "report_no_wandb", no_wandb) == md
+    assert (tmp_path / "report_no_wandb" / "report.csv").read_text() == csv_text
+
+    # the same sweep run with logger=[csv]: the same table (the train times aside: wall time is not repeatable)
+    sweep_csv = tmp_path / "sweep_csv"
+    proc = subprocess.run([str(exe / "bapose-train"), "-m", *TINY, "logger=[csv]", *SWEPT,
+                           f"hydra.sweep.dir={sweep_csv}"], env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(sweep_csv.glob("*/wandb"))
+    csv_cells = table_rows(sweep_report([sweep_csv]).markdown())
+    assert [row[:-1] for row in csv_cells] == [row[:-1] for row in cells]

@@ -232,23 +232,13 @@ def _free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- W&B history
-def _wandb_runs(run: Path) -> list[Path]:
-    return sorted(run.glob("wandb/offline-run-*"), key=lambda p: p.name)
-
-
-def _history_steps(records) -> list[int]:
-    steps = []
-    for r in records:
-        if r.WhichOneof("record_type") == "history":
-            for item in r.history.item:
-                if (item.key or "/".join(item.nested_key)) == "trainer/global_step":
-                    steps.append(int(json.loads(item.value_json)))
-    return steps
+def _history_steps(run) -> list[int]:
+    return [int(row["trainer/global_step"]) for row in run.history if "trainer/global_step" in row]
 
 
 @pytest.mark.slow
 def test_a_run_stopped_after_its_first_checkpoint_and_started_again_is_one_wandb_run(tmp_path):
-    from test_sweep import wandb_log_records
+    from wandb_records import wandb_runs  # tests/: W&B's own reader of the offline runs
 
     cmd = [str(TRAIN_CLI), "experiment=demo", *[o for o in TINY if not o.startswith(("logger", "data.synthetic.num_t"))],
            "data.synthetic.num_train=16", "data.val_batch_size=2", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
@@ -284,17 +274,16 @@ def test_a_run_stopped_after_its_first_checkpoint_and_started_again_is_one_wandb
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
     wandb_id = json.loads((run / "run.json").read_text())["wandb_id"]
-    attempts = _wandb_runs(run)
-    assert len(attempts) == 2 and all(p.name.endswith(f"-{wandb_id}") for p in attempts)  # one W&B run id
-    (log1,), (log2,) = (list(p.glob("run-*.wandb")) for p in attempts)
-    rec1, rec2 = wandb_log_records(log1), wandb_log_records(log2)
-    assert {r.run.run_id for r in rec1 + rec2 if r.WhichOneof("record_type") == "run"} == {wandb_id}
-    kinds1 = [r.WhichOneof("record_type") for r in rec1]
-    exits = [r.exit.exit_code for r in rec1 + rec2 if r.WhichOneof("record_type") == "exit"]
+    attempts = wandb_runs(run)
+    assert len(attempts) == 2 and all(a.path.name.endswith(f"-{wandb_id}") for a in attempts)  # one W&B run id
+    run1, run2 = attempts
+    assert {r["run_id"] for r in run1.of("run") + run2.of("run")} == {wandb_id}
+    kinds1 = run1.kinds
+    exits = run1.exit_codes + run2.exit_codes
     # the first attempt: marked preempting before it ended (W&B: preempted, not failed); finished once, at the end
     assert "preempting" in kinds1 and kinds1.index("preempting") < kinds1.index("exit")
     assert exits[0] != 0 and exits[1:] == [0]
-    steps1, steps2 = _history_steps(rec1), _history_steps(rec2)
+    steps1, steps2 = _history_steps(run1), _history_steps(run2)
     # history goes on where the first attempt stopped (rows carry the step index: the step that was about to run)
     assert steps1 and steps2 and max(steps1) == stopped_at - 1 and min(steps2) == stopped_at and max(steps2) >= 15
 

@@ -7,13 +7,14 @@ import itertools
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from wandb_records import the_wandb_run
 
 TINY = [
     "data.input_size=64", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.image_size=64",
@@ -48,8 +49,7 @@ def test_multirun_width_x_dilations_gives_four_runs_with_own_wandb(tmp_path):
         assert len(runs) == 1
         run_dirs.add(runs[0].name)
         # every job of the sweep logs into the same W&B group, named after the sweep folder
-        (log_file,) = runs[0].glob("run-*.wandb")
-        assert f"-{sweep_dir.name}".encode() in log_file.read_bytes()
+        assert the_wandb_run(job).run["run_group"].endswith(f"-{sweep_dir.name}")
     assert combos == {(b, tuple(d)) for b, d in itertools.product(BACKBONES, DILATIONS)}
     assert len(run_dirs) == 4
 
@@ -61,34 +61,6 @@ def _multirun(args: list[str], tmp_path: Path, timeout: int = 500) -> tuple[subp
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     return proc, proc.stdout + proc.stderr
-
-
-def wandb_records(run_dir: Path) -> list:
-    """The records of the one offline W&B run of a run folder."""
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    return wandb_log_records(path)
-
-
-def wandb_log_records(path: Path) -> list:
-    """The records of an offline W&B run's log (``run-*.wandb``: W&B's LevelDB-style log of protobuf ``Record``s)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, pos, block, buf, out = path.read_bytes(), 7, 32768, b"", []  # 7-byte file header, 32 KiB blocks
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a record header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        buf += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last piece of one
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            out.append(rec)
-            buf = b""
-        elif kind == 0:
-            buf = b""
-    return out
 
 
 @pytest.mark.slow
@@ -129,11 +101,11 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
     assert "1 of 2 jobs failed" in out and "job 0 (failed): ValueError: Invalid learning rate: -1" in out
     # W&B: each run named after its sweep job, in the sweep's group; the failed one finished with exit code 1
     for job, code in (("0", 1), ("1", 0)):
-        records = wandb_records(sweep_dir / job)
-        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-        assert run.display_name.startswith(f"{job}-") and f"optimizer.lr={'-1' if job == '0' else '0.001'}" in \
-            run.display_name and run.run_group == f"train-{sweep_dir.name}"
-        assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [code]
+        wandb_run = the_wandb_run(sweep_dir / job)
+        run = wandb_run.run
+        assert run["display_name"].startswith(f"{job}-") and f"optimizer.lr={'-1' if job == '0' else '0.001'}" in \
+            run["display_name"] and run["run_group"] == f"train-{sweep_dir.name}"
+        assert wandb_run.exit_codes == [code]
 
 
 @pytest.mark.slow

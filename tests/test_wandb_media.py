@@ -1,5 +1,6 @@
 """The offline W&B run of a training holds the drawn validation images, the final AP table, the resolved config and
-(with logger.wandb.log_model) the best checkpoint as an artifact: checked by reading the run's own files."""
+(with logger.wandb.log_model) the best checkpoint as an artifact: checked by reading the run's own files with W&B's
+own reader (tests/wandb_records.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bapose.build import compose_config, instantiate_list
 from bapose.training.fit import train
 from bapose.errors import ConfigError
 from bapose.report import sweep_report
-from bapose.utils.wandb import find_offline_runs, read_offline_run
+from wandb_records import WandbRun, the_wandb_run  # tests/: W&B's own reader of the offline run
 
 # the `make train` config (experiment=demo: flip-test validation, 128-px scenes) shrunk to 64 px and a few steps
 DEMO_TINY = ["experiment=demo", "data.input_size=64", "data.synthetic.image_size=64", "data.synthetic.num_train=8",
@@ -32,11 +33,10 @@ def test_offline_wandb_run_holds_validation_images_final_ap_table_config_and_bes
     assert cfg.logger.wandb.offline is True
     metrics = train(cfg)
 
-    (run_dir,) = find_offline_runs(tmp_path / "run")
     # with an artifact logged, wandb-core writes the transaction log out shortly *after* finish() returns (it is
     # complete when the process ends); stopping the service waits for it
     wandb.teardown()
-    run = read_offline_run(run_dir)
+    run = the_wandb_run(tmp_path / "run")
     assert run.exit_code == 0
 
     # drawn predictions at every validation of fit (2 epochs), on the same 3 images each time
@@ -75,16 +75,15 @@ def test_offline_wandb_run_holds_validation_images_final_ap_table_config_and_bes
     assert entry["path"] == "model.ckpt" and entry["size"] == (tmp_path / "run" / "checkpoints" /
                                                              best.rsplit("/", 1)[-1]).stat().st_size
 
-    # bapose-report reads the offline run; a run cut short (no exit record) is listed as unfinished
-    report = sweep_report([run_dir], cost=False)
-    assert report.rows[0].stats["val/AP"][0] == pytest.approx(metrics["val/AP"])
-    cut = tmp_path / "cut" / run_dir.name
-    shutil.copytree(run_dir, cut)
-    (log,) = cut.glob("run-*.wandb")
+    # bapose-report reads the run folder bapose wrote (metrics.json), not the W&B run: the same number
+    report = sweep_report([tmp_path / "run"], cost=False)
+    assert report.rows[0].stats["val/AP"][0] == pytest.approx(metrics["val/AP"]) and not report.problems
+    # a W&B log cut short (the process was killed): W&B's reader finds no exit record
+    cut = tmp_path / "cut" / run.path.name
+    shutil.copytree(run.path, cut)
+    log = WandbRun(cut).log
     log.write_bytes(log.read_bytes()[: log.stat().st_size // 2])
-    assert read_offline_run(cut).exit_code is None
-    both = sweep_report([run_dir, cut], cost=False)
-    assert [j.status for j in both.problems] == ["unfinished"] and "no exit record" in both.problems[0].error
+    assert WandbRun(cut).exit_code is None and WandbRun(cut).exit_codes == []
 
 
 def test_wandb_media_callback_is_configured_and_log_model_is_checked(tmp_path):

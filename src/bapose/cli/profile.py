@@ -10,24 +10,12 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bapose import paths
-from bapose.errors import ConfigError
-from bapose.models import build_model, validate_input_size
+from bapose.models import build_model
+from bapose.models.bapose import input_hw
 from bapose.utils.flops import model_cost
-
-
-def input_hw(size: Any) -> tuple[int, int]:
-    """``data.input_size`` as ``(H, W)``: an int for a square input or a ``[H, W]`` pair."""
-    if isinstance(size, (list, tuple, ListConfig)) and len(size) == 2:
-        h, w = (int(s) for s in size)
-    elif isinstance(size, int):
-        h = w = size
-    else:
-        raise ConfigError(f"field 'data.input_size': expected an int or [H, W], got {size!r}")
-    validate_input_size(h, w)
-    return h, w
 
 
 def measure_latency_ms(net: torch.nn.Module, images: torch.Tensor, repeats: int, warmup: int = 1) -> float:

@@ -2,11 +2,12 @@
 
     bapose-report outputs/train/multiruns/2026-05-01_12-00-00
     bapose-report outputs/train/multiruns/A outputs/train/multiruns/B --metric test/AP --sort input_size -o reports/ab
-    bapose-report outputs/train/multiruns/A/*/wandb/offline-run-*          # W&B offline runs
-    bapose-report wandb:ENTITY/bapose/groups/train-2026-05-01_12-00-00     # a W&B group (online)
+    bapose-report outputs/train/runs/run_a outputs/train/runs/run_b         # single runs, as one sweep
+    bapose-report wandb:ENTITY/bapose/groups/train-2026-05-01_12-00-00      # a W&B group (online, wandb.Api)
 
 One row per configuration (the swept keys that vary), seeds folded into mean ± std with n, the best row marked,
-failed / unfinished jobs listed with their error line. See :mod:`bapose.report`.
+failed / unfinished jobs listed with their error line. Run folders are read from the files bapose-train writes
+(metrics.json, status.json, .hydra/), with or without W&B. See :mod:`bapose.report`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bapose-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", metavar="SWEEP_DIR",
-                        help="sweep folders, run folders, W&B offline run folders, wandb:ENTITY/PROJECT/groups/NAME "
-                             "or wandb:ENTITY/PROJECT/sweeps/ID")
+                        help="sweep folders, run folders, wandb:ENTITY/PROJECT/groups/NAME or "
+                             "wandb:ENTITY/PROJECT/sweeps/ID")
     parser.add_argument("-o", "--out", default=None,
                         help="folder for report.md/.csv/.png (default: the first SWEEP_DIR, or . for W&B sources)")
     parser.add_argument("--metric", default="val/AP", help="ranks the rows and marks the best (default val/AP)")

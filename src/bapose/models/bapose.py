@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,19 @@ def validate_input_size(height: int, width: int, divisor: int = 32) -> None:
         raise ConfigError(f"BAPoseNet input: image size (H, W) = ({height}, {width}) is not a multiple of "
                           f"{divisor}: expected both sides to be positive multiples of {divisor} "
                           f"(check data.input_size and the resize/pad of the images)")
+
+
+def input_hw(size: Any) -> tuple[int, int]:
+    """``data.input_size`` as ``(H, W)``: an int for a square input or an ``[H, W]`` pair (a list, tuple or OmegaConf
+    ListConfig), checked by :func:`validate_input_size`."""
+    if isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        h, w = (int(s) for s in size)
+    elif isinstance(size, int) and not isinstance(size, bool):
+        h = w = size
+    else:
+        raise ConfigError(f"field 'data.input_size': expected an int or [H, W], got {size!r}")
+    validate_input_size(h, w)
+    return h, w
 
 
 class BAPoseNet(nn.Module):
