@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from bapose.errors import ConfigError
-from bapose.models import DWASP, AdaptiveBlock, BAPoseNet
+from bapose.models import DWASP, AdaptiveBlock, BAPoseNet, build_model
 from bapose.paths import config_dir
 
 W18S = "hrnet_w18_small"  # branches 16/32/64/128: C = 240, layer1 128 ch
@@ -141,7 +140,7 @@ def test_waterfall_receptive_field(dilations: tuple[int, ...], field: int) -> No
 
 def test_hydra_override_of_dilations_reaches_the_network() -> None:
     cfg = _compose("model=bapose_w18s", "data=crowdpose", "model.decoder.dilations=[1,3,6,9]")
-    net = instantiate(cfg.model)
+    net = build_model(cfg.model)  # the net only: model.init_from is the builder's (bapose.build.build_net)
     assert isinstance(net, BAPoseNet) and net.num_keypoints == 14
     assert net.decoder.dilations == (1, 3, 6, 9)
     convs = [branch[0] for branch in net.decoder.waterfall]
@@ -153,7 +152,7 @@ def test_hydra_override_of_dilations_reaches_the_network() -> None:
 
 def test_dekr_config_builds_the_baseline() -> None:
     cfg = _compose("model=dekr_w18s")
-    net = instantiate(cfg.model)
+    net = build_model(cfg.model)  # the net only: model.init_from is the builder's (bapose.build.build_net)
     assert net.decoder is None and net.num_keypoints == 17
 
 
