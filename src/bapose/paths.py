@@ -1,23 +1,52 @@
-"""Where bapose finds its Hydra configs and caches, installed from a wheel or from a checkout."""
+"""Where bapose finds its Hydra configs, caches and the root of its runs and data, installed from a wheel or from a
+checkout.
+
+Importing this module registers ``${bapose.root_dir:}``, the default of ``paths.root_dir`` (``conf/paths``).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+_PACKAGE = Path(__file__).resolve().parent
+
 
 def config_dir() -> Path:
     """The Hydra config folder: ``bapose/conf`` inside a wheel, ``conf/`` at the repo root in a checkout."""
-    packaged = Path(__file__).resolve().parent / "conf"
+    packaged = _PACKAGE / "conf"
     if packaged.is_dir():
         return packaged
-    repo = Path(__file__).resolve().parents[2] / "conf"
+    repo = _PACKAGE.parents[1] / "conf"
     if repo.is_dir():
         return repo
     raise FileNotFoundError(f"bapose configs not found: looked in '{packaged}' and '{repo}'")
+
+
+def checkout_root() -> Path | None:
+    """The repo root when bapose is imported from a source checkout (``src/bapose`` beside ``conf/`` and
+    ``pyproject.toml``, an editable install included); ``None`` for a wheel install (configs in ``bapose/conf``)."""
+    if (_PACKAGE / "conf").is_dir():
+        return None
+    root = _PACKAGE.parents[1]
+    return root if (root / "conf").is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+def default_root_dir() -> str:
+    """``paths.root_dir`` when ``BAPOSE_ROOT`` is not set, absolute: the checkout's root (where ``make train`` runs and
+    ``outputs/`` has always been), whatever folder a run starts from; for a wheel install, which has no such folder,
+    the working directory at start (Hydra's own default for ``outputs/``)."""
+    root = checkout_root()
+    return str(root if root is not None else Path.cwd().resolve())
 
 
 def cache_dir() -> Path:
     """Cache for generated datasets: ``$BAPOSE_CACHE`` or ``~/.cache/bapose``."""
     root = os.environ.get("BAPOSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bapose")
     return Path(root)
+
+
+if not OmegaConf.has_resolver("bapose.root_dir"):
+    OmegaConf.register_new_resolver("bapose.root_dir", default_root_dir)

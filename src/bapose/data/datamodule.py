@@ -27,7 +27,7 @@ from bapose.data.dataset import TRAIN_IMAGES, CocoKeypointDataset, configure_wor
 from bapose.data.epoch_loader import EpochSeededLoader
 from bapose.data.metadata import DatasetMeta, rule_set
 from bapose.data.transforms import EVAL_RESIZES, EvalTransform, TrainTransform
-from bapose.errors import ConfigError
+from bapose.errors import ConfigError, DataError
 
 __all__ = ["BAPoseDataModule", "collate_eval", "collate_train", "datamodule_spec"]
 
@@ -336,7 +336,13 @@ class BAPoseDataModule(L.LightningDataModule):
         missing = [k for k in ("ann_file", "image_dir") if not cfg.get(k)]
         if missing:
             raise ConfigError(f"data.{split}: missing {missing}; expected 'ann_file' and 'image_dir'")
-        return self._resolve(cfg["ann_file"]), self._resolve(cfg["image_dir"])
+        ann = self._resolve(cfg["ann_file"])
+        if self.root is not None and not self.root.is_dir() and not ann.is_file():
+            raise DataError(f"field 'data.root': folder '{self.root}' not found (data.{split}.ann_file "
+                            f"'{cfg['ann_file']}' is read from it); expected the '{self.name}' dataset there: "
+                            f"data.root=<folder>, or BAPOSE_DATA=<folder holding {self.name}/> (the default root is "
+                            f"<paths.data_dir>/{self.name}; conf/data/{self.name}.yaml names its own variable)")
+        return ann, self._resolve(cfg["image_dir"])
 
     @property
     def _synthetic_files(self) -> dict[str, Any]:

@@ -1,14 +1,18 @@
-"""Lightning callbacks of the training CLI: the per-epoch summary line and what a W&B run carries (images, tables)."""
+"""Lightning callbacks of the training CLI: the progress bar (by whether stdout is a terminal), the per-epoch summary
+line and what a W&B run carries (images, tables)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bapose.errors import ConfigError
 import bapose.utils.logging as blog
@@ -18,10 +22,36 @@ from bapose.utils.wandb import find_wandb_logger
 log = logging.getLogger("bapose")
 
 
-class EpochSummary(L.Callback):
-    """Print one line per validation epoch on rank 0: epoch, step, mean train loss and the main AP numbers.
+def progress_bar(refresh_rate: int | None = None, tty_refresh_rate: int = 1,
+                 log_refresh_rate: int = 200) -> TQDMProgressBar:
+    """Lightning's ``TQDMProgressBar`` at a refresh rate (in batches) that suits where stdout goes.
 
-    The progress bar shows the running loss; this line is what stays in the log (and the terminal scroll-back).
+    On a terminal the bar redraws in place, so every batch is cheap to show; in a file (a SLURM log, ``| tee``,
+    ``> log``) every redraw is kept, so the bar is refreshed every ``log_refresh_rate`` batches and at the end of
+    each epoch and validation: a handful of updates per epoch instead of one per batch.
+
+    Args:
+        refresh_rate: forces the rate whatever stdout is (``callbacks.progress_bar.refresh_rate=1``); 0: no bar.
+            None: ``tty_refresh_rate`` when stdout is a terminal, else ``log_refresh_rate``.
+    """
+    for field, value in (("refresh_rate", refresh_rate), ("tty_refresh_rate", tty_refresh_rate),
+                         ("log_refresh_rate", log_refresh_rate)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"callbacks.progress_bar: field '{field}' is {value!r}; expected an integer >= 0 "
+                              f"(batches between refreshes, 0 = no bar)")
+    if refresh_rate is None:
+        isatty = getattr(sys.stdout, "isatty", None)
+        refresh_rate = tty_refresh_rate if callable(isatty) and isatty() else log_refresh_rate
+    return TQDMProgressBar(refresh_rate=refresh_rate)
+
+
+class EpochSummary(L.Callback):
+    """Log one line per validation epoch on rank 0: epoch, step, mean train loss and the main AP numbers.
+
+    The progress bar shows the running loss; this line is what stays in the log (and the terminal scroll-back). It
+    goes through the ``bapose`` logger only (Hydra's console handler and the run's log file show it), written past
+    the progress bar as tqdm writes (the bar is cleared, the line written, the bar drawn again), so it never lands
+    on the bar's own line.
     """
 
     def __init__(self, keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AR")) -> None:
@@ -38,10 +68,8 @@ class EpochSummary(L.Callback):
         if loss is not None:
             parts.append(f"train/loss {float(loss):.5f}")
         parts += [f"val/{k} {float(m[f'val/{k}']):.4f}" for k in self.keys if f"val/{k}" in m]
-        msg = " | ".join(parts)
-        log.info(msg)
-        # a plain print too: Hydra's log file catches the logger, a tqdm bar would hide a log-only line
-        print(msg, flush=True)
+        with logging_redirect_tqdm():
+            log.info(" | ".join(parts))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -30,6 +30,7 @@ from bapose.checkpoints.io import load_checkpoint_safely
 from bapose.checkpoints.schema import CheckpointInfo
 from bapose.errors import CheckpointError, ConfigError
 from bapose.loading import load_model
+from bapose.training.callbacks import progress_bar
 from bapose.training.module import BAPoseModule
 
 log = logging.getLogger("bapose")
@@ -66,7 +67,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = BAPoseModule(net, codec=codec, val_flip=flip, val_scales=scales, test_flip=flip,
                           test_scales=scales, model_config=stored.model)
     module.collect_results = True
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    # the training run's progress bar rule (a few lines per split in a SLURM log, not one per image)
+    bars = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) is not False else []
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=bars, enable_checkpointing=False)
     if split == "val":
         trainer.validate(module, datamodule=datamodule, verbose=False)
     else:

@@ -307,9 +307,6 @@ class BAPoseModule(L.LightningModule):
                 self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=n)
         if self.nonfinite_steps:
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-        if self._trainer is not None and self.trainer.optimizers:
-            # the LR this step used (warm-up included): the same number the LR monitor logs
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ validation / test
     def _make_evaluator(self, split: str) -> Any:

@@ -3,8 +3,8 @@
 The warm-up is ``torch.optim.lr_scheduler.LinearLR`` stepped every optimizer step, *chained* with the configured
 scheduler (which keeps its own interval, e.g. per epoch): torch's schedulers update the optimizer's LR
 multiplicatively, so at optimizer step ``s`` the LR is ``scheduled_lr * min(1, (s + 1) / warmup_steps)``. The LR in the
-optimizer is the LR that is used, so Lightning's ``LearningRateMonitor``, the module's ``lr`` log and a resumed run
-all see the same number, and the warm-up position is saved and restored with the other scheduler states.
+optimizer is the LR that is used, so Lightning's ``LearningRateMonitor`` (the one LR curve, ``lr-<Optimizer>``) and
+a resumed run see the same number, and the warm-up position is saved and restored with the other scheduler states.
 (``SequentialLR`` would run the warm-up *before* the schedule and needs both on the same interval; the paper rows
 step their schedule per epoch and warm up per step.)
 """
