@@ -8,6 +8,7 @@ marked slow."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -118,7 +119,7 @@ def test_ckpt_path_null_starts_fresh_on_slurm_too(tmp_path, no_launcher):
     assert json.loads((tmp_path / "run.json").read_text())["wandb_id"] != old_id
 
 
-def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_extends(tmp_path, capsys):
+def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_extends(tmp_path, capsys, caplog):
     run = tmp_path / "runs" / "X"
     first = train(compose_config([*TINY, "trainer.max_epochs=1", "optimizer.lr=0.001"], output_dir=run))
     assert first["epoch"] == 1 and first["global_step"] == 4
@@ -139,9 +140,14 @@ def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_exte
     assert "finished on" in capsys.readouterr().out and (run / "metrics.json").stat().st_mtime_ns == mtime
 
     # a larger trainer.max_epochs (allowed to change) resumes from the last checkpoint and extends the run
+    caplog.set_level(logging.INFO, logger="bapose")
+    caplog.clear()
     longer = train(compose_config([*TINY, "trainer.max_epochs=2", "optimizer.lr=0.001", "data.num_workers=1"],
                                   output_dir=run))
     assert longer["epoch"] == 2 and longer["global_step"] == 8 and "already_finished" not in longer
+    # resumed, not retrained (two fresh epochs would also end at step 8): the first run's last.ckpt at step 4
+    assert re.search(rf"resumed from '{re.escape(str(run / 'checkpoints' / 'last.ckpt'))}': epoch 1, global step 4,",
+                     caplog.text), caplog.text[-3000:]
     assert json.loads((run / "run.json").read_text())["finished"]["epoch"] == 2
 
 
