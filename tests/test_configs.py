@@ -167,6 +167,8 @@ def test_cluster_settings_of_every_preset(tmp_path, coco_sample):
         assert cfg.trainer.num_sanity_val_steps == 2, name
     assert instantiate(compose_config(["trainer=cpu"], output_dir=tmp_path).trainer,
                        logger=False).num_sanity_val_steps == 2
+    # README "Scaling out" names the one preset that turns it off
+    assert compose_config(["debug=limit"], output_dir=tmp_path).trainer.num_sanity_val_steps == 0
     for preset in ("ddp", "ddp_cpu"):  # torch's default, 30 min
         assert instantiate(compose_config([f"trainer={preset}"], output_dir=tmp_path).trainer.strategy.timeout) \
             == datetime.timedelta(minutes=30)
