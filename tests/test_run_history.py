@@ -304,6 +304,58 @@ def test_a_run_stopped_after_its_first_checkpoint_and_started_again_is_one_wandb
     assert steps1 and steps2 and max(steps1) == stopped_at - 1 and min(steps2) == stopped_at and max(steps2) >= 15
 
 
+# ---------------------------------------------------------------------------------------------------- timed last.ckpt
+class LastCkptSpy(L.Callback):
+    """After every training batch (after RequeueCheckpoint's own batch end: it comes first in the callback list):
+    (epoch, batch, global step, ``global_step`` stored in ``last.ckpt`` or None). At one batch's start it moves the
+    clock the timed checkpoint reads by ``tick_s``."""
+
+    def __init__(self, path: Path, clock: list[float], tick_at: tuple[int, int], tick_s: float) -> None:
+        self.path, self.clock, self.tick_at, self.tick_s = path, clock, tick_at, tick_s
+        self.rows: list[tuple[int, int, int, int | None]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.tick_at:
+            self.clock[0] += self.tick_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        saved = load_checkpoint_safely(self.path)["global_step"] if self.path.is_file() else None
+        self.rows.append((trainer.current_epoch, batch_idx, trainer.global_step, saved))
+
+
+def test_timed_last_ckpt_is_written_mid_epoch_after_every_minutes(tmp_path, monkeypatch):
+    """callbacks.requeue_checkpoint.every_minutes: once that much training time has passed since the last save
+    (RequeueCheckpoint's clock, time.monotonic: here a fake one that only the test moves, no sleeping), the request
+    goes into the module's per-step decision (the all-reduce every rank joins under DDP) and last.ckpt is written
+    right after the next optimizer step, in the middle of the epoch: newer than the epoch-end last.ckpt."""
+    from types import SimpleNamespace
+
+    from bapose.training import preemption
+
+    clock = [1000.0]
+    monkeypatch.setattr(preemption, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    cfg = compose_config([*TINY, "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0",
+                          "callbacks.requeue_checkpoint.every_minutes=0.5"], output_dir=tmp_path)
+    per_epoch = 4  # 8 images / batch 2
+    # 31 s (> 30 s) pass during the 2nd epoch's 2nd batch (global step 6)
+    spy = LastCkptSpy(tmp_path / "checkpoints" / "last.ckpt", clock, tick_at=(1, 1), tick_s=31.0)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, codec=dm.codec)
+    trainer = instantiate(cfg.trainer, callbacks=[*instantiate_list(cfg.callbacks), spy],
+                          logger=instantiate_list(cfg.logger))
+    trainer.fit(module, datamodule=dm)
+
+    assert [r[:3] for r in spy.rows] == [(e, b, e * per_epoch + b + 1) for e in (0, 1) for b in range(per_epoch)]
+    saved = [r[3] for r in spy.rows]
+    # epoch 0: the clock stood still, no timed save; epoch 1 starts from the epoch-end last.ckpt (step 4); the time
+    # passed at step 6 is decided at the next optimizer step: last.ckpt of step 7, mid-epoch; no second save after it
+    assert saved == [None] * per_epoch + [per_epoch, per_epoch, 7, 7], spy.rows
+    mid_epoch = {s for (e, _, _, s) in spy.rows if e == 1 and s is not None and s > per_epoch}
+    assert mid_epoch == {7} and all(s % per_epoch for s in mid_epoch)
+    assert load_checkpoint_safely(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2 * per_epoch  # epoch end
+
+
 # ---------------------------------------------------------------------------------------------------- submitit
 def _submitit_tasks(folder: Path) -> list[int]:
     from test_sweep import _submitit_tasks as tasks
