@@ -208,7 +208,8 @@ def test_data_order_after_an_end_of_epoch_resume_equals_the_uninterrupted_run(tm
 @pytest.mark.slow
 def test_one_all_reduce_per_optimizer_step_and_none_per_accumulation_micro_step(tmp_path):
     """2 gloo processes, 2 micro-batches per optimizer step: every all-reduce of the training steps is counted (a
-    spy on torch.distributed.all_reduce in each rank); the non-finite guard's decision is the only one."""
+    spy on torch.distributed.all_reduce in each rank); the non-finite guard's decision is the only one. The
+    epoch-level logs, synced, all-reduce at the epoch end (after the last batch, outside validation)."""
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", f"import ddp_spies; ddp_spies.count_collectives({str(tmp_path)!r})"],
                               env=_cli_env(tmp_path, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", NODE_RANK="0",
@@ -226,6 +227,10 @@ def test_one_all_reduce_per_optimizer_step_and_none_per_accumulation_micro_step(
         assert [c["all_reduce"] for c in micro] == [0, 0, 0, 0]
         # and no other collective of ours inside a training batch (Lightning's strategy.reduce adds a barrier)
         assert all(sum(v for k, v in c.items() if k not in ("batch", "stepped", "all_reduce")) == 0 for c in counts)
+        # epoch logs (train/*_epoch, sync_dist=True) are reduced over the ranks at the epoch end (Lightning's own
+        # reduction of the logged values; 6 here: each key's sum and its image count), nowhere in a batch
+        (epoch_end,) = json.loads((tmp_path / f"collectives_epoch_end_rank{rank}.json").read_text())
+        assert epoch_end["epoch"] == 0 and epoch_end["all_reduce_logs"] >= 1, epoch_end
 
 
 def _free_port() -> int:
