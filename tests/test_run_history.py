@@ -151,6 +151,16 @@ def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_exte
     assert json.loads((run / "run.json").read_text())["finished"]["epoch"] == 2
 
 
+def test_readme_scaling_out_names_every_identity_and_free_key():
+    """README "Scaling out" lists what stops a restarted run and what may change on resume: every key of
+    resume.IDENTITY_KEYS and resume.FREE_KEYS appears there as code (`key`), so the list cannot drift from the code."""
+    readme = (TESTS.parent / "README.md").read_text()
+    assert "\n## Scaling out\n" in readme
+    section = readme.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    missing = [k for k in (*resume.IDENTITY_KEYS, *resume.FREE_KEYS) if f"`{k}`" not in section]
+    assert not missing, f"README 'Scaling out' does not name {missing}"
+
+
 def test_wandb_disabled_means_no_wandb_run_and_no_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = compose_config([*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=[csv,wandb]"],
