@@ -1,4 +1,4 @@
-"""Merge CrowdPose's train and val jsons into the trainval json the paper trains on.
+"""Merge CrowdPose's train and val jsons into the trainval json DEKR and MMPose train on (BAPose names no split).
 
     python scripts/prepare_crowdpose.py --root /data/crowdpose
 reads ``<root>/json/crowdpose_train.json`` and ``crowdpose_val.json`` and writes ``crowdpose_trainval.json`` beside

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -53,8 +54,25 @@ class StepFile(L.Callback):
             os.replace(tmp, self.path)
 
 
+def _from_logged_metric_sync() -> bool:
+    """The caller is Lightning reducing a ``self.log(..., sync_dist=True)`` value (``_ResultMetric.compute`` in
+    ``logger_connector/result.py``), not another collective of the epoch end (a ModelCheckpoint's decisions)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "compute" and Path(code.co_filename).parts[-2:] == ("logger_connector", "result.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _CollectiveSpy(L.Callback):
-    """Counts the calls of torch.distributed collectives between a training batch's start and end."""
+    """Counts the calls of torch.distributed collectives between a training batch's start and end, and those of
+    each training epoch's end: after its last batch, in the training stage (validation, which runs in between, is
+    not counted), until the next epoch starts or training ends. Epoch-level logs (``on_epoch=True,
+    sync_dist=True``) are reduced there: Lightning computes them at the first read after ``epoch_end_reached``;
+    ``all_reduce_logs`` counts the all-reduces of that reduction alone (Lightning's checkpoint callbacks make others
+    at the same time)."""
 
     NAMES = ("all_reduce", "broadcast", "all_gather", "barrier", "broadcast_object_list", "all_gather_object")
 
@@ -62,14 +80,24 @@ class _CollectiveSpy(L.Callback):
         import torch.distributed as dist
 
         self.out, self.counts, self.rows = out, dict.fromkeys(self.NAMES, 0), []
+        self.epoch_ends: list[dict] = []  # one row per training epoch: the collectives of its end
+        self._trainer, self._at_epoch_end = None, False
         for name in self.NAMES:
             real = getattr(dist, name)
 
             def counted(*args, _real=real, _name=name, **kwargs):
                 self.counts[_name] += 1
+                if self._at_epoch_end and self._trainer is not None and self._trainer.training:
+                    self.epoch_ends[-1][_name] += 1
+                    if _name == "all_reduce" and _from_logged_metric_sync():
+                        self.epoch_ends[-1]["all_reduce_logs"] += 1
                 return _real(*args, **kwargs)
 
             setattr(dist, name, counted)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._trainer, self._at_epoch_end = trainer, False
+        self.epoch_ends.append({"epoch": trainer.current_epoch, **dict.fromkeys(self.NAMES, 0), "all_reduce_logs": 0})
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.before = dict(self.counts), trainer.global_step
@@ -78,9 +106,12 @@ class _CollectiveSpy(L.Callback):
         counts, step = self.before
         self.rows.append({"batch": batch_idx, "stepped": trainer.global_step != step,
                           **{k: self.counts[k] - counts[k] for k in self.NAMES}})
+        self._at_epoch_end = batch_idx + 1 >= trainer.num_training_batches
 
     def on_train_end(self, trainer, pl_module):
+        self._at_epoch_end = False
         (self.out / f"collectives_rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
+        (self.out / f"collectives_epoch_end_rank{trainer.global_rank}.json").write_text(json.dumps(self.epoch_ends))
 
 
 def count_collectives(out_dir: str) -> None:

@@ -151,3 +151,38 @@ def test_eval_config_composes(tmp_path):
                          config_name="eval", output_dir=tmp_path)
     assert cfg.test.flip is True and list(cfg.test.scales) == [0.5, 1, 2] and cfg.data.num_keypoints == 14
     assert Path(cfg.paths.output_dir) == tmp_path
+
+
+def test_cluster_settings_of_every_preset(tmp_path, coco_sample):
+    """Issue 20: sanity validation (2 batches) in every trainer preset and experiment; the process-group timeout a
+    config value that reaches the DDP strategy; val/test loaders with their own few, never persistent workers."""
+    import datetime
+
+    from bapose.cli.train import build_datamodule
+
+    for over in ([f"trainer={t}"] for t in ("cpu", "gpu", "ddp", "ddp_cpu")):
+        assert compose_config(over, output_dir=tmp_path).trainer.num_sanity_val_steps == 2, over
+    for name in EXPERIMENTS:
+        cfg = compose_config([f"experiment={name}", "model.pretrained=false"], output_dir=tmp_path)
+        assert cfg.trainer.num_sanity_val_steps == 2, name
+    assert instantiate(compose_config(["trainer=cpu"], output_dir=tmp_path).trainer,
+                       logger=False).num_sanity_val_steps == 2
+    # README "Scaling out" names the one preset that turns it off
+    assert compose_config(["debug=limit"], output_dir=tmp_path).trainer.num_sanity_val_steps == 0
+    for preset in ("ddp", "ddp_cpu"):  # torch's default, 30 min
+        assert instantiate(compose_config([f"trainer={preset}"], output_dir=tmp_path).trainer.strategy.timeout) \
+            == datetime.timedelta(minutes=30)
+    trainer = instantiate(compose_config(["trainer=ddp_cpu", "trainer.strategy.timeout.minutes=45"],
+                                         output_dir=tmp_path).trainer, logger=False)
+    assert trainer.strategy._timeout == datetime.timedelta(minutes=45)
+
+    coco = compose_config(["data=coco"], output_dir=tmp_path).data
+    assert 0 < coco.val_num_workers <= 2 < coco.num_workers and coco.persistent_workers is False
+    dm = build_datamodule(compose_config([
+        "data=coco", f"data.root={coco_sample}", "data.input_size=64", "data.train.ann_file=test_coco.json",
+        "data.train.image_dir=.", "data.val.ann_file=test_coco.json", "data.val.image_dir=.",
+        "data.persistent_workers=true", "data.num_workers=2"], output_dir=tmp_path))
+    dm.setup("fit")
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert (train.num_workers, train.persistent_workers) == (2, True)  # no worker starts until iterated
+    assert (val.num_workers, val.persistent_workers) == (coco.val_num_workers, False)

@@ -112,3 +112,9 @@ def test_what_differs_from_dekrs_exact_pipeline_is_what_readme_lists(fixture, de
         found["support_entries"] += int(((t["offset_weights"] > 0) != exact).sum())
         found["offset_entries"] += int((np.abs(t["offsets"] + offsets)[exact] > 1e-3).sum())
     assert found == EXACT_DIFFERENCES
+    # and README "Paper protocol" states these measured numbers
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Paper protocol", 1)[1].split("\n## ", 1)[0]
+    for words in (f"{found['entries']:,} supervised offset entries", f"{found['offset_entries']:,} entries",
+                  f"{found['heatmap_pixels']} heatmap pixels in {len(found['heatmap_cases'])} cases"):
+        assert words in section, words

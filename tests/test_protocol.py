@@ -109,6 +109,11 @@ def test_paper_row_config(name: str, tmp_path: Path) -> None:
     # the paper's schedule (BAPose §5.2: 140 epochs, x0.1 at 90 and 120; the CrowdPose rows too, issue 19)
     assert cfg.trainer.max_epochs == 140 and list(cfg.scheduler.milestones) == [90, 120]
     assert cfg.scheduler.gamma == 0.1
+    # the paper's augmentation (BAPose §5.2: rotation +-30, scale 0.75-1.5, translation +-40, mirroring, "followed by
+    # [15]": DEKR's, translation in DEKR's unit)
+    aug = cfg.data.augmentation
+    assert (aug.min_scale, aug.max_scale, aug.max_rotation, aug.max_translate, aug.max_translate_px, aug.flip_prob) \
+        == (0.75, 1.5, 30.0, 40.0, None, 0.5)
     # item 3: DEKR's multi-scale merge; every paper row (BAPose §5: "same procedures applied by [15]") decodes and
     # encodes with DEKR's rules, not only the DEKR rows (issue 19 item 1)
     ratio, decrease, people = DEKR_MS[dataset]

@@ -8,6 +8,7 @@ marked slow."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -119,7 +120,7 @@ def test_ckpt_path_null_starts_fresh_on_slurm_too(tmp_path, no_launcher):
     assert json.loads((tmp_path / "run.json").read_text())["wandb_id"] != old_id
 
 
-def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_extends(tmp_path, capsys):
+def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_extends(tmp_path, capsys, caplog):
     run = tmp_path / "runs" / "X"
     first = train(compose_config([*TINY, "trainer.max_epochs=1", "optimizer.lr=0.001"], output_dir=run))
     assert first["epoch"] == 1 and first["global_step"] == 4
@@ -140,10 +141,25 @@ def test_a_restart_with_another_training_config_stops_and_a_longer_schedule_exte
     assert "finished on" in capsys.readouterr().out and (run / "metrics.json").stat().st_mtime_ns == mtime
 
     # a larger trainer.max_epochs (allowed to change) resumes from the last checkpoint and extends the run
+    caplog.set_level(logging.INFO, logger="bapose")
+    caplog.clear()
     longer = train(compose_config([*TINY, "trainer.max_epochs=2", "optimizer.lr=0.001", "data.num_workers=1"],
                                   output_dir=run))
     assert longer["epoch"] == 2 and longer["global_step"] == 8 and "already_finished" not in longer
+    # resumed, not retrained (two fresh epochs would also end at step 8): the first run's last.ckpt at step 4
+    assert re.search(rf"resumed from '{re.escape(str(run / 'checkpoints' / 'last.ckpt'))}': epoch 1, global step 4,",
+                     caplog.text), caplog.text[-3000:]
     assert json.loads((run / "run.json").read_text())["finished"]["epoch"] == 2
+
+
+def test_readme_scaling_out_names_every_identity_and_free_key():
+    """README "Scaling out" lists what stops a restarted run and what may change on resume: every key of
+    resume.IDENTITY_KEYS and resume.FREE_KEYS appears there as code (`key`), so the list cannot drift from the code."""
+    readme = (TESTS.parent / "README.md").read_text()
+    assert "\n## Scaling out\n" in readme
+    section = readme.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    missing = [k for k in (*resume.IDENTITY_KEYS, *resume.FREE_KEYS) if f"`{k}`" not in section]
+    assert not missing, f"README 'Scaling out' does not name {missing}"
 
 
 def test_wandb_disabled_means_no_wandb_run_and_no_folder(tmp_path, monkeypatch):
@@ -203,7 +219,8 @@ def test_data_order_after_an_end_of_epoch_resume_equals_the_uninterrupted_run(tm
 @pytest.mark.slow
 def test_one_all_reduce_per_optimizer_step_and_none_per_accumulation_micro_step(tmp_path):
     """2 gloo processes, 2 micro-batches per optimizer step: every all-reduce of the training steps is counted (a
-    spy on torch.distributed.all_reduce in each rank); the non-finite guard's decision is the only one."""
+    spy on torch.distributed.all_reduce in each rank); the non-finite guard's decision is the only one. The
+    epoch-level logs, synced, all-reduce at the epoch end (after the last batch, outside validation)."""
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", f"import ddp_spies; ddp_spies.count_collectives({str(tmp_path)!r})"],
                               env=_cli_env(tmp_path, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", NODE_RANK="0",
@@ -221,6 +238,10 @@ def test_one_all_reduce_per_optimizer_step_and_none_per_accumulation_micro_step(
         assert [c["all_reduce"] for c in micro] == [0, 0, 0, 0]
         # and no other collective of ours inside a training batch (Lightning's strategy.reduce adds a barrier)
         assert all(sum(v for k, v in c.items() if k not in ("batch", "stepped", "all_reduce")) == 0 for c in counts)
+        # epoch logs (train/*_epoch, sync_dist=True) are reduced over the ranks at the epoch end (Lightning's own
+        # reduction of the logged values; 6 here: each key's sum and its image count), nowhere in a batch
+        (epoch_end,) = json.loads((tmp_path / f"collectives_epoch_end_rank{rank}.json").read_text())
+        assert epoch_end["epoch"] == 0 and epoch_end["all_reduce_logs"] >= 1, epoch_end
 
 
 def _free_port() -> int:
@@ -286,6 +307,58 @@ def test_a_run_stopped_after_its_first_checkpoint_and_started_again_is_one_wandb
     steps1, steps2 = _history_steps(run1), _history_steps(run2)
     # history goes on where the first attempt stopped (rows carry the step index: the step that was about to run)
     assert steps1 and steps2 and max(steps1) == stopped_at - 1 and min(steps2) == stopped_at and max(steps2) >= 15
+
+
+# ---------------------------------------------------------------------------------------------------- timed last.ckpt
+class LastCkptSpy(L.Callback):
+    """After every training batch (after RequeueCheckpoint's own batch end: it comes first in the callback list):
+    (epoch, batch, global step, ``global_step`` stored in ``last.ckpt`` or None). At one batch's start it moves the
+    clock the timed checkpoint reads by ``tick_s``."""
+
+    def __init__(self, path: Path, clock: list[float], tick_at: tuple[int, int], tick_s: float) -> None:
+        self.path, self.clock, self.tick_at, self.tick_s = path, clock, tick_at, tick_s
+        self.rows: list[tuple[int, int, int, int | None]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.tick_at:
+            self.clock[0] += self.tick_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        saved = load_checkpoint_safely(self.path)["global_step"] if self.path.is_file() else None
+        self.rows.append((trainer.current_epoch, batch_idx, trainer.global_step, saved))
+
+
+def test_timed_last_ckpt_is_written_mid_epoch_after_every_minutes(tmp_path, monkeypatch):
+    """callbacks.requeue_checkpoint.every_minutes: once that much training time has passed since the last save
+    (RequeueCheckpoint's clock, time.monotonic: here a fake one that only the test moves, no sleeping), the request
+    goes into the module's per-step decision (the all-reduce every rank joins under DDP) and last.ckpt is written
+    right after the next optimizer step, in the middle of the epoch: newer than the epoch-end last.ckpt."""
+    from types import SimpleNamespace
+
+    from bapose.training import preemption
+
+    clock = [1000.0]
+    monkeypatch.setattr(preemption, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    cfg = compose_config([*TINY, "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0",
+                          "callbacks.requeue_checkpoint.every_minutes=0.5"], output_dir=tmp_path)
+    per_epoch = 4  # 8 images / batch 2
+    # 31 s (> 30 s) pass during the 2nd epoch's 2nd batch (global step 6)
+    spy = LastCkptSpy(tmp_path / "checkpoints" / "last.ckpt", clock, tick_at=(1, 1), tick_s=31.0)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, codec=dm.codec)
+    trainer = instantiate(cfg.trainer, callbacks=[*instantiate_list(cfg.callbacks), spy],
+                          logger=instantiate_list(cfg.logger))
+    trainer.fit(module, datamodule=dm)
+
+    assert [r[:3] for r in spy.rows] == [(e, b, e * per_epoch + b + 1) for e in (0, 1) for b in range(per_epoch)]
+    saved = [r[3] for r in spy.rows]
+    # epoch 0: the clock stood still, no timed save; epoch 1 starts from the epoch-end last.ckpt (step 4); the time
+    # passed at step 6 is decided at the next optimizer step: last.ckpt of step 7, mid-epoch; no second save after it
+    assert saved == [None] * per_epoch + [per_epoch, per_epoch, 7, 7], spy.rows
+    mid_epoch = {s for (e, _, _, s) in spy.rows if e == 1 and s is not None and s > per_epoch}
+    assert mid_epoch == {7} and all(s % per_epoch for s in mid_epoch)
+    assert load_checkpoint_safely(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2 * per_epoch  # epoch end
 
 
 # ---------------------------------------------------------------------------------------------------- submitit

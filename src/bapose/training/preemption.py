@@ -133,14 +133,13 @@ class RequeueCheckpoint(L.Callback):
     # ------------------------------------------------------------------------------------------- saving
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        want = self._pending is not None or (trainer.is_global_zero and self.interval_s is not None
-                                             and time.monotonic() - self._last_save >= self.interval_s)
         if hasattr(pl_module, "request_checkpoint"):
-            if want:
-                pl_module.request_checkpoint()  # decided with the other ranks at the next optimizer step
             due = bool(getattr(pl_module, "checkpoint_due", False))
+            # a save due now answers the request that made it: asking again here would save once more a step later
+            if not due and self._want(trainer):
+                pl_module.request_checkpoint()  # decided with the other ranks at the next optimizer step
         else:  # a module without the shared per-step decision: one collective of our own per batch
-            due = trainer.strategy.reduce_boolean_decision(bool(want), all=False)
+            due = trainer.strategy.reduce_boolean_decision(self._want(trainer), all=False)
         if not due:
             return
         if hasattr(pl_module, "checkpoint_due"):
@@ -150,6 +149,11 @@ class RequeueCheckpoint(L.Callback):
             signum, self._pending = self._pending, None
             self._mark_wandb_preempting()
             self._pass_on(signum)
+
+    def _want(self, trainer: L.Trainer) -> bool:
+        """This rank asks for a checkpoint: a checkpoint signal arrived, or (rank 0) ``every_minutes`` have passed."""
+        return self._pending is not None or (trainer.is_global_zero and self.interval_s is not None
+                                             and time.monotonic() - self._last_save >= self.interval_s)
 
     def save(self, trainer: L.Trainer, why: str) -> None:
         """Write the checkpoint on every rank (Lightning's ``save_checkpoint``: rank 0 writes, atomically)."""
