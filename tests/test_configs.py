@@ -158,7 +158,7 @@ def test_cluster_settings_of_every_preset(tmp_path, coco_sample):
     config value that reaches the DDP strategy; val/test loaders with their own few, never persistent workers."""
     import datetime
 
-    from bapose.cli.train import build_datamodule
+    from bapose.build import build_datamodule
 
     for over in ([f"trainer={t}"] for t in ("cpu", "gpu", "ddp", "ddp_cpu")):
         assert compose_config(over, output_dir=tmp_path).trainer.num_sanity_val_steps == 2, over
