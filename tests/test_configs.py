@@ -15,7 +15,7 @@ from bapose.build import build_module, compose_config
 from bapose.codecs import BAPoseCodec
 from bapose.paths import config_dir
 from bapose.training import BAPoseModule
-from bapose.utils import logging as blog
+from bapose.utils import resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 PAPER_ROWS = {"coco_w32_512", "coco_w48_640", "crowdpose_w32_512", "crowdpose_w48_640", "coco_dekr_w32_512",
@@ -90,14 +90,14 @@ def test_loggers_and_callbacks_compose(tmp_path, monkeypatch):
 
 
 def _wandb_offline_in_a_fresh_process(tmp_path, **env) -> str:
-    """``bapose.utils.logging.wandb_offline()`` as a new process sees it (W&B caches credentials per process), with
+    """``bapose.utils.resolvers.wandb_offline()`` as a new process sees it (W&B caches credentials per process), with
     a home folder of its own: no ~/.netrc, no W&B settings file but the ones the test writes."""
     import subprocess
     import sys
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
     base.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"), WANDB_SILENT="true", **env)
-    code = "import bapose.utils.logging as b\ntry:\n print(b.wandb_offline())\nexcept Exception as e:\n print(e)"
+    code = "import bapose.utils.resolvers as b\ntry:\n print(b.wandb_offline())\nexcept Exception as e:\n print(e)"
     proc = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
     return proc.stdout.strip().splitlines()[-1]
 
@@ -116,7 +116,7 @@ def test_wandb_is_offline_unless_logged_in_or_online(tmp_path, monkeypatch):
     assert _wandb_offline_in_a_fresh_process(tmp_path).startswith("W&B credentials: API key must have 40+ char")
     assert _wandb_offline_in_a_fresh_process(tmp_path, WANDB_MODE="disabled") == "True"
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert blog.wandb_offline() is False
+    assert resolvers.wandb_offline() is False
     cfg = compose_config([], output_dir=tmp_path)
     assert cfg.logger.wandb.offline is False and cfg.logger.wandb.group is None  # not a multirun
     assert cfg.logger.wandb.resume == "allow"

@@ -18,7 +18,7 @@ from bapose.build import build_datamodule, build_module, compose_config, instant
 from bapose.errors import ConfigError
 from bapose.training import runs
 from bapose.checkpoints.io import load_checkpoint_safely
-from bapose.utils.logging import rank_suffix, run_folder_name
+from bapose.utils.naming import rank_suffix, run_folder_name
 
 TINY = [
     "data.input_size=64", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.image_size=64",

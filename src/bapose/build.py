@@ -42,7 +42,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import bapose.utils.logging  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
+    import bapose.utils.resolvers  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
 
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)

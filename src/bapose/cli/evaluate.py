@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import bapose.utils.logging  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
+import bapose.utils.resolvers  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
 from bapose.training.evaluate import evaluate
 from bapose.utils.entry import hydra_entry
 

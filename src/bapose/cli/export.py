@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
+from bapose.io import write_json
 from bapose.data.inputs import default_image, try_read_image
 from bapose.data.transforms import EvalTransform
 from bapose.errors import ConfigError, DataError
@@ -129,7 +129,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     report = {"output": str(output), "bytes": output.stat().st_size, "opset": int(cfg.opset), "image": source,
               "input_shape": list(x.shape), "tolerance": tol, "checks": checks, "max_abs_diff": worst,
               "passed": worst <= tol}
-    blog.write_json(output.with_suffix(".json"), report)
+    write_json(output.with_suffix(".json"), report)
     _print_checks(checks, report)
     if not report["passed"]:
         raise ParityError(f"ONNX model '{output}': max abs difference {worst:.3e} to PyTorch on '{source}' is above "

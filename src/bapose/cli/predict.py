@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers before Hydra composes
+from bapose.io import write_json
 from bapose.data.inputs import Frame, is_video, iter_images, iter_video, resolve_input
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError
@@ -194,8 +194,8 @@ class _Outputs:
         if self.seen == 0:
             raise DataError(f"field 'input': no readable image in '{text}' (every file was skipped)")
         results = [r for i in sorted(self.per_frame) for r in self.per_frame[i]]
-        results_path = blog.write_json(self.out_dir / "results.json", results)
-        images_path = None if self.ids is not None else blog.write_json(
+        results_path = write_json(self.out_dir / "results.json", results)
+        images_path = None if self.ids is not None else write_json(
             self.out_dir / "images.json", {"images": [self.images_index[i] for i in sorted(self.images_index)]})
         n_skipped = len(skipped) + len(self.not_in_ann)
         print(f"bapose-predict: {self.seen} {'frames' if self.video else 'images'}, {self.people} people with score "

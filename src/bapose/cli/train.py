@@ -17,7 +17,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import bapose.utils.logging  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
+import bapose.utils.resolvers  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
 from bapose.paths import config_dir
 from bapose.training import runs
 from bapose.training.fit import train

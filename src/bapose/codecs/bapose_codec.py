@@ -19,7 +19,6 @@ Coordinate convention (the one every function here uses):
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.errors import DataError, check_unique_ids, where

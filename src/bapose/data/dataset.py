@@ -24,7 +24,7 @@ from bapose.data.images import read_image  # re-exported: the one image reader o
 from bapose.data.coco import load_coco_keypoint_json
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.data.transforms import EvalTransform, TrainTransform
-from bapose.errors import ConfigError, DataError, check_unique_ids, where
+from bapose.errors import ConfigError, DataError, where
 
 log = logging.getLogger(__name__)
 

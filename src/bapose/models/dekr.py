@@ -151,7 +151,7 @@ def dekr_to_bapose(state: Mapping[str, Tensor], layout: Mapping[str, int], path:
     Raises:
         CheckpointError: a DEKR tensor that no rule maps (nothing may be left over), or one with the wrong shape.
     """
-    k, c, nb = layout["num_keypoints"], layout["offset_channels_per_joint"], layout["offset_blocks"]
+    k, nb = layout["num_keypoints"], layout["offset_blocks"]
     out: dict[str, Tensor] = {}
     used: set[str] = set()
 

@@ -20,7 +20,7 @@ def _model_and_size(job: Job) -> tuple[dict[str, Any], Any] | None:
         return None
     from omegaconf import OmegaConf
 
-    from bapose.utils.logging import register_resolvers
+    from bapose.utils.resolvers import register_resolvers
 
     register_resolvers()  # the ${bapose.*} resolvers a config may use
     try:  # a run folder's config is unresolved (num_keypoints: ${data.num_keypoints}); W&B's is resolved already

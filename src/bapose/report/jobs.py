@@ -20,7 +20,7 @@ from typing import Any
 
 from bapose.errors import DataError
 from bapose.report.values import last_line, natural, numeric_metrics
-from bapose.utils.logging import STATUS_FILE
+from bapose.utils.run_files import STATUS_FILE
 
 __all__ = ["Job", "find_local_jobs", "is_run_folder", "parse_overrides", "read_run_folder"]
 

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bapose.errors import ConfigError
-import bapose.utils.logging as blog
-from bapose.utils.logging import metric_order
+from bapose.utils.naming import task_overrides
+from bapose.utils.tables import metric_order
 from bapose.utils.wandb import find_wandb_logger
 
 log = logging.getLogger("bapose")
@@ -237,6 +237,6 @@ def _hydra_overrides() -> list[str] | None:
         from hydra.core.hydra_config import HydraConfig
 
         # the job's overrides also in the processes a multirun job starts for itself (BAPOSE_TASK_OVERRIDES)
-        return blog.task_overrides() if HydraConfig.initialized() else None
+        return task_overrides() if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001 - Hydra half-initialised (a plain train(cfg) call): nothing to record
         return None

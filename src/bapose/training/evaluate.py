@@ -24,7 +24,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog  # registers the ${bapose.*} resolvers
+from bapose.io import write_json
+from bapose.utils.tables import format_metrics_table
 from bapose.build import build_datamodule
 from bapose.checkpoints.io import load_checkpoint_safely
 from bapose.checkpoints.schema import CheckpointInfo
@@ -82,9 +83,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     "checkpoint_epoch": loaded.epoch, "checkpoint_global_step": loaded.global_step})
     if trainer.is_global_zero:
         out_dir = Path(cfg.paths.output_dir)
-        blog.write_json(out_dir / "results.json", module.results)
-        blog.write_json(out_dir / "metrics.json", metrics)
-        print(blog.format_metrics_table(stats, f"{split} AP of {path} (flip={flip}, scales={scales}, "
+        write_json(out_dir / "results.json", module.results)
+        write_json(out_dir / "metrics.json", metrics)
+        print(format_metrics_table(stats, f"{split} AP of {path} (flip={flip}, scales={scales}, "
                                                f"{len(module.results)} people)"), flush=True)
         print(f"run folder: {out_dir} (results.json, metrics.json)", flush=True)
     return metrics

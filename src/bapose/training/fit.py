@@ -15,7 +15,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog
+from bapose.io import write_json
+from bapose.utils.run_files import RunPreempted, finish_loggers
+from bapose.utils.tables import format_metrics_table
 from bapose.build import build_datamodule, build_module, instantiate_checked, instantiate_list
 from bapose.training import preemption, resume, runs
 from bapose.training.final import evaluate_selected, protocol_title
@@ -104,21 +106,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if split in module.last_metrics and (split == "val" or cfg.get("run_test")):
                     title = f"{split} AP ({Path(best).name if best else 'final weights'}, " \
                             f"{protocol_title(metrics['protocol'], split)})"
-                    print(blog.format_metrics_table(module.last_metrics[split], title), flush=True)
+                    print(format_metrics_table(module.last_metrics[split], title), flush=True)
             for table in rescored_tables(metrics):
                 print(table, flush=True)
-            blog.write_json(out_dir / "metrics.json", metrics)
-            blog.write_json(out_dir / "val_results.json", val_results)
+            write_json(out_dir / "metrics.json", metrics)
+            write_json(out_dir / "val_results.json", val_results)
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
                                         out_dir / "val_predictions.png", int(cfg.draw_images or 0))
             print(f"run folder: {out_dir}" + (f" (predictions drawn in {png.name})" if png else ""), flush=True)
             resume.finish_run(out_dir, trainer.current_epoch, trainer.global_step)
     except BaseException as err:
         stop = preemption.preempted()  # stopped at a signal for a requeue / restart: W&B shows it preempted
-        blog.finish_loggers(loggers, failed=stop is None, preempted=stop[0] if stop else None)
-        if stop is not None and isinstance(err, SystemExit) and not isinstance(err, blog.RunPreempted):
+        finish_loggers(loggers, failed=stop is None, preempted=stop[0] if stop else None)
+        if stop is not None and isinstance(err, SystemExit) and not isinstance(err, RunPreempted):
             code = err.code if isinstance(err.code, int) and err.code != 0 else 128 + stop[1]
-            raise blog.RunPreempted(stop[0], code) from err
+            raise RunPreempted(stop[0], code) from err
         raise
-    blog.finish_loggers(loggers)
+    finish_loggers(loggers)
     return metrics

@@ -21,7 +21,6 @@ from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.predictor import Predictor, images_to_float
 from bapose.training.hparams import codec_spec, from_configs, loss_spec
-from bapose.training.loss import BAPoseLoss
 from bapose.training.schedules import lr_scheduler_configs
 
 log = logging.getLogger("bapose")

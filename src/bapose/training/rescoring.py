@@ -37,7 +37,8 @@ from bapose.data.datamodule import collate_eval, worker_init_fn
 from bapose.data.dataset import CocoKeypointDataset, limit_cv2_threads_before_fork
 from bapose.errors import ConfigError
 from bapose.io import read_json
-from bapose.utils.logging import format_metrics_table, write_json
+from bapose.io import write_json
+from bapose.utils.tables import format_metrics_table
 
 log = logging.getLogger("bapose")
 

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog
+from bapose.io import read_json_or_empty as read_json
+from bapose.utils.naming import process_rank
+from bapose.utils.run_files import create_run_record, new_run_record, read_run_record, write_run_record
 from bapose.errors import ConfigError
 from bapose.checkpoints.io import SAFE_GLOBALS
 
@@ -178,11 +180,11 @@ def begin_run(cfg: DictConfig) -> dict[str, Any] | None:
     out = Path(cfg.paths.output_dir)
     config = identity_config(cfg)
     if cfg.ckpt_path in FRESH:  # a new run in this folder: a new record (and a new W&B run)
-        if blog.process_rank() == 0:
-            blog.write_run_record(out, blog.new_run_record(config))
+        if process_rank() == 0:
+            write_run_record(out, new_run_record(config))
         set_aside_checkpoints(out)
         return None
-    record = blog.create_run_record(out, config)
+    record = create_run_record(out, config)
     started = record.get("config", {})
     if started and started != config:
         raise ConfigError(
@@ -192,30 +194,30 @@ def begin_run(cfg: DictConfig) -> dict[str, Any] | None:
     done = record.get("finished")
     if done and not bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False)):
         if _schedule_done(done, cfg.trainer):
-            metrics = blog.read_json(out / "metrics.json")
+            metrics = read_json(out / "metrics.json")
             msg = (f"run folder '{out}' finished on {done.get('ended', '?')} at epoch {done.get('epoch')}, global "
                    f"step {done.get('global_step')}: nothing to train with trainer.max_epochs="
                    f"{OmegaConf.select(cfg, 'trainer.max_epochs')}; its results stay in metrics.json (not "
                    f"evaluated or logged again). A larger trainer.max_epochs trains on from its last checkpoint; "
                    f"run_id=<new name> or ckpt_path=null starts a new run")
             _rank0(log.warning, "%s", msg)
-            if blog.process_rank() == 0:
+            if process_rank() == 0:
                 print(msg, flush=True)
             return {**metrics, "already_finished": True}
-        if blog.process_rank() == 0:  # trained on: it is no longer the finished run it was
-            blog.write_run_record(out, {k: v for k, v in record.items() if k != "finished"})
+        if process_rank() == 0:  # trained on: it is no longer the finished run it was
+            write_run_record(out, {k: v for k, v in record.items() if k != "finished"})
     return None
 
 
 def finish_run(out_dir: str | Path, epoch: int, global_step: int) -> None:
     """Record in ``run.json`` that the run finished (rank 0, at the end of ``train``)."""
-    record = blog.read_run_record(out_dir)
+    record = read_run_record(out_dir)
     if record:
         ended = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         record["finished"] = {"epoch": int(epoch), "global_step": int(global_step), "ended": ended}
-        blog.write_run_record(out_dir, record)
+        write_run_record(out_dir, record)
 
 
 def _rank0(fn: Any, *args: Any) -> None:
-    if blog.process_rank() == 0:
+    if process_rank() == 0:
         fn(*args)

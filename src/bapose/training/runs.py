@@ -7,7 +7,7 @@ What ``bapose-train`` does around ``train(cfg)`` (README "Scaling out" shows the
   checkpoint by global step (``last.ckpt``, or Lightning's ``hpc_ckpt_<n>.ckpt`` written at SLURM's signal), and a
   restart with another training config, or of a run that finished, stops or says so. A requeued or restarted job
   finds its folder because the folder is named by the run's identity (``run_id``, a SLURM batch job's id,
-  torchrun's rendezvous id; see ``bapose.utils.logging.run_folder_name``), the same in every rank.
+  torchrun's rendezvous id; see ``bapose.utils.naming.run_folder_name``), the same in every rank.
 * **Global batch** (:func:`scale_lr_to_global_batch`): per-process batch x processes x accumulation is logged once;
   when it differs from the experiment's ``reference_batch`` the LR is scaled by ``optimizer.scale_lr``
   (``linear`` | ``sqrt``) or, with ``none``, a warning says so.
@@ -45,7 +45,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-import bapose.utils.logging as blog
+from bapose.io import read_json_or_empty as read_json, write_json
+from bapose.utils.naming import process_rank, run_group, run_name, task_overrides
+from bapose.utils.run_files import STATUS_FILE, error_line, run_status
 from bapose.errors import BAPoseError, ConfigError, exit_on_error
 from bapose.training.resume import resolve_ckpt_path
 
@@ -140,7 +142,7 @@ def prepare_fit(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, log
 
 
 def _rank0(fn: Callable[..., Any], *args: Any) -> None:
-    if blog.process_rank() == 0:
+    if process_rank() == 0:
         fn(*args)
 
 
@@ -335,8 +337,8 @@ def launch_job_processes(nprocs: int, module: str, job_dir: Path) -> None:
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
                           logs_specs=DefaultLogsSpecs(log_dir=str(job_dir / "ranks"), tee=Std.ALL))
     # the ranks' W&B run is this sweep job's, not a plain run's; their overrides are the job's
-    env = {"BAPOSE_RUN_NAME": blog.run_name() or "", "BAPOSE_RUN_GROUP": blog.run_group() or "",
-           "BAPOSE_TASK_OVERRIDES": json.dumps(blog.task_overrides())}
+    env = {"BAPOSE_RUN_NAME": run_name() or "", "BAPOSE_RUN_GROUP": run_group() or "",
+           "BAPOSE_TASK_OVERRIDES": json.dumps(task_overrides())}
     args = rank_command(module, job_dir)
     log.info("multirun job %s: starting %d processes (torch elastic launch): %s %s", job_dir.name, nprocs,
              sys.executable, " ".join(args))
@@ -365,15 +367,15 @@ def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | Non
 
 def _record_failure(out_dir: Path, overrides: list[str], err: BaseException, task: str) -> None:
     """Mark a run folder failed unless its own rank 0 already did (its line is the precise one)."""
-    path = out_dir / blog.STATUS_FILE
-    info = blog.read_json(path)
+    path = out_dir / STATUS_FILE
+    info = read_json(path)
     if info.get("status") == "failed":
         return
     info.update({"status": "failed", "task": info.get("task", task), "overrides": info.get("overrides", overrides),
-                 "error": blog.error_line(err), "error_type": type(err).__name__,
+                 "error": error_line(err), "error_type": type(err).__name__,
                  "ended": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     info.setdefault("started", info["ended"])
-    blog.write_json(path, info)
+    write_json(path, info)
 
 
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog: str = "bapose-train",
@@ -389,7 +391,7 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
     Returns ``cfg.optimized_metric`` of the run for sweepers, or ``None``.
     """
     hc = _hydra_config()
-    overrides = blog.task_overrides()
+    overrides = task_overrides()
     out_dir = Path(cfg.paths.output_dir)
     sweep = is_sweep_job()
     job = f"{hc.job.num}" if sweep else ""
@@ -397,13 +399,13 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
     try:
         nprocs = job_processes(cfg) if sweep else 0
         if nprocs:
-            blog.write_json(out_dir / blog.STATUS_FILE, {"status": "running", "task": task_name,
+            write_json(out_dir / STATUS_FILE, {"status": "running", "task": task_name,
                                                          "overrides": overrides, "launcher": "torch elastic",
                                                          "processes": nprocs})
             write_rank_config(cfg, out_dir)
             launch_job_processes(nprocs, module, out_dir)
-            return optimized_metric(cfg, blog.read_json(out_dir / "metrics.json"))
-        with blog.run_status(out_dir, task_name, overrides, write=blog.process_rank() == 0) as status:
+            return optimized_metric(cfg, read_json(out_dir / "metrics.json"))
+        with run_status(out_dir, task_name, overrides, write=process_rank() == 0) as status:
             metrics = task(cfg) if sweep else exit_on_error(prog, lambda: task(cfg))
             status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return optimized_metric(cfg, metrics)
@@ -413,9 +415,9 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
         # a failure outside run_status (set-up, the job's own processes) still leaves a failed status.json
         _record_failure(out_dir, overrides, err, task_name)
         if isinstance(err, (BAPoseError, JobProcessesFailed)):
-            log.error("%s: multirun job %s failed: %s", prog, job, blog.error_line(err))
+            log.error("%s: multirun job %s failed: %s", prog, job, error_line(err))
         else:  # not one of ours: a bug or an environment problem, keep the traceback in the job's log
-            log.exception("%s: multirun job %s failed: %s", prog, job, blog.error_line(err))
+            log.exception("%s: multirun job %s failed: %s", prog, job, error_line(err))
         return None
 
 
@@ -444,11 +446,11 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = []
-        for path in sorted(sweep_dir.rglob(blog.STATUS_FILE), key=lambda p: _job_sort_key(p.relative_to(sweep_dir))):
+        for path in sorted(sweep_dir.rglob(STATUS_FILE), key=lambda p: _job_sort_key(p.relative_to(sweep_dir))):
             # a reused sweep folder keeps older jobs: count this sweep's only (1 s of clock slack)
             if path.stat().st_mtime < self._started - 1.0:
                 continue
-            info = blog.read_json(path)
+            info = read_json(path)
             jobs.append({"job": str(path.parent.relative_to(sweep_dir)), "status": info.get("status", "unknown"),
                          "error": info.get("error"), "overrides": info.get("overrides", [])})
         if not jobs:
@@ -456,7 +458,7 @@ class SweepSummary(Callback):
         failed = [j for j in jobs if j["status"] != "finished"]
         summary = {"sweep_dir": str(sweep_dir), "jobs": len(jobs), "finished": len(jobs) - len(failed),
                    "failed": failed}
-        blog.write_json(sweep_dir / "sweep_status.json", summary)
+        write_json(sweep_dir / "sweep_status.json", summary)
         _SWEEP.update(summary)
         if failed:
             lines = [f"sweep {sweep_dir}: {len(failed)} of {len(jobs)} jobs failed"]

@@ -8,7 +8,6 @@ CrowdPose configs validate on the test set. ``last`` scores the final epoch, as 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L

@@ -10,6 +10,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+import bapose.utils.resolvers  # noqa: F401 - registers the ${bapose.*} resolvers before Hydra composes
 from bapose.errors import exit_on_error
 from bapose.paths import config_dir
 

@@ -18,7 +18,8 @@ from typing import Any
 from lightning.pytorch.loggers.wandb import WandbLogger as _LightningWandbLogger
 
 from bapose.errors import ConfigError
-from bapose.utils.logging import run_wandb_id, wandb_mode
+from bapose.utils.resolvers import wandb_mode
+from bapose.utils.run_files import run_wandb_id
 
 __all__ = ["WandbLogger", "find_wandb_logger", "wandb_logger"]
 
@@ -48,7 +49,7 @@ def wandb_logger(save_dir: str, id: str | None = None, **kwargs: Any) -> WandbLo
     ``WANDB_MODE=disabled`` (no W&B run, nothing written).
 
     One W&B run per bapose run: ``id`` defaults to the run folder's W&B id (``run.json``, made at the first start and
-    read by every later attempt and every rank, ``bapose.utils.logging.run_wandb_id``); with ``resume="allow"``
+    read by every later attempt and every rank, ``bapose.utils.run_files.run_wandb_id``); with ``resume="allow"``
     a requeued or restarted attempt continues that W&B run instead of opening a new one with the same name.
 
     Args:
