@@ -1,6 +1,7 @@
 """This tree against another checkout, side by side: encode, decode, the training sample and scoring.
 
     python scripts/bench_layout.py --baseline <checkout> [--rounds 3]     # writes benchmarks/layout.md
+    git worktree add --detach ../base <commit> && BAPOSE_BENCH_BASELINE=../base make bench
 
 A refactor that moves code between modules (issue 21's layers) must not slow the hot paths. Each measurement runs
 in a fresh worker process that imports ``bapose`` from one checkout's ``src/`` (its ``conf/`` too), the trees
@@ -21,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,13 +31,10 @@ LABELS = {"encode_ms": "encode 20 people (ms)", "decode_ms": "decode 20 people (
 
 
 def _median(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``fn()`` after one warm-up call (the tree under test's own timer)."""
+    from bapose.utils.bench import timeit
+
+    return timeit(fn, repeat=repeat, warmup=1)
 
 
 def _people(n: int, size: int, rng) -> tuple:
@@ -163,8 +160,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.shared)
-    if args.baseline is None:
-        raise SystemExit("bench_layout: give --baseline <checkout> (e.g. a git worktree of the branch point)")
+    baseline = args.baseline or (Path(os.environ["BAPOSE_BENCH_BASELINE"]) if os.environ.get("BAPOSE_BENCH_BASELINE")
+                                 else None)
+    if baseline is None:  # make bench without a baseline: the section keeps its last side-by-side run
+        print("bench_layout: no --baseline (or BAPOSE_BENCH_BASELINE) given: benchmarks/layout.md left as it is")
+        return None
+    args.baseline = baseline
     trees = {"baseline": args.baseline.resolve(), "tree": REPO, "baseline_again": args.baseline.resolve()}
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for r in range(args.rounds):

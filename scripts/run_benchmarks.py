@@ -16,7 +16,7 @@ from bapose.utils.bench import SECTIONS_DIR, machine
 
 REPO = Path(__file__).resolve().parents[1]
 # order of sections in BENCHMARKS.md
-ORDER = ["model", "adaptive", "codec", "data", "evaluation", "training", "rank0", "wandb_media", "convert", "gpu"]
+ORDER = ["model", "adaptive", "codec", "data", "evaluation", "layout", "training", "rank0", "wandb_media", "convert", "gpu"]
 
 
 def main() -> int:
