@@ -195,7 +195,8 @@ def test_the_pypi_torch_route_brings_cuda_wheels_on_linux_only(platform, cuda):
     locked = {n: {version(ln) for ln in lines} for f in files for n, lines in entries(f).items()}
     assert got["torch"] == "2.14.1" and "lightning" in got
     assert {n: v for n, v in got.items() if v not in locked.get(n, ())} == {}
-    assert bool([n for n in got if CUDA.match(n)]) == cuda, sorted(got)
+    cuda_names = [n for n in got if CUDA.match(n)]
+    assert (len(cuda_names) >= 10) if cuda else cuda_names == [], sorted(got)
 
 
 @pytest.mark.network
