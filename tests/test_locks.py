@@ -118,6 +118,28 @@ def test_sweeps_run_on_maintained_optuna_and_sqlalchemy_and_unused_packages_are_
     assert version(tools["uv"][0]) == lock.UV_VERSION and version(tools["pip"][0]) == "25.3"
 
 
+def test_a_download_pytorch_org_lock_keeps_what_the_core_lock_lacks_and_names_its_index(tmp_path, monkeypatch):
+    """scripts/lock.py --torch cpu's own part, on what uv would answer (the index itself is not reachable here)."""
+    calls = []
+    h = "    --hash=sha256:" + "0" * 64 + "\n"
+    answer = ("torch==2.14.1+cpu \\\n" + h + "torchvision==0.29.1+cpu \\\n" + h + "filelock==4.3.1 \\\n" + h
+              + "sympy==1.14.0 \\\n" + h)
+
+    def fake_compile(uv, inputs, out, *args):
+        calls.append((Path(inputs[0]).read_text(), args))
+        return answer
+
+    monkeypatch.setattr(lock, "uv_binary", lambda: "uv")
+    monkeypatch.setattr(lock, "compile_", fake_compile)
+    text = lock.lock_torch("cpu", tmp_path).read_text()
+    (wanted, args), = calls
+    assert wanted.split() == ["torch==2.14.1+cpu", "torchvision==0.29.1+cpu"]
+    assert "https://download.pytorch.org/whl/cpu" in args and "x86_64-manylinux_2_28" in args
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu\n" in text
+    # filelock and sympy are the core lock's (same pins, constrained): not repeated
+    assert [n for n, _ in lock.blocks(text)] == ["torch", "torchvision"]
+
+
 def test_the_makefile_installs_from_the_hashed_locks():
     make = (REPO / "Makefile").read_text()
     assert "--require-hashes -r $(TORCH_LOCK) -r requirements/$(1).txt" in make
