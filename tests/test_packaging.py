@@ -22,6 +22,9 @@ def test_wheel_carries_the_configs(tmp_path: Path) -> None:
     repo_confs = {f"bapose/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
     assert repo_confs and repo_confs <= names, sorted(repo_confs - names)[:5]
     assert "bapose/models/bapose.py" in names and "bapose/paths.py" in names
+    # the Optuna sweeper where Hydra looks for plugins: hydra_plugins stays a namespace package (no __init__.py)
+    assert "hydra_plugins/bapose_optuna_sweeper/optuna_sweeper.py" in names
+    assert "hydra_plugins/bapose_optuna_sweeper/_impl.py" in names and "hydra_plugins/__init__.py" not in names
 
 
 def test_config_dir_and_console_scripts_resolve() -> None:
