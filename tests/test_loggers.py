@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bapose.cli.train import compose_config
+from bapose.build import compose_config
 
 TINY = [
     "data.input_size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.image_size=64",

@@ -225,7 +225,7 @@ def test_the_plugin_module_hydra_scans_imports_without_optuna():
 
 
 def test_the_preset_is_what_the_sweep_config_builds_on(tmp_path):
-    from bapose.cli.train import compose_config
+    from bapose.build import compose_config
 
     cfg = compose_config(["sweep=optuna"], output_dir=tmp_path)
     sweeper = cfg.hydra.sweeper
