@@ -133,20 +133,23 @@ def _run(tree: Path, shared: Path) -> dict[str, float]:
 
 def markdown(runs: dict[str, list[dict]], baseline: Path, rounds: int, machine: str) -> str:
     med = {name: {f: statistics.median(r[f] for r in rs) for f in FIGURES} for name, rs in runs.items()}
+    spread = {name: {f: (min(r[f] for r in rs), max(r[f] for r in rs)) for f in FIGURES} for name, rs in runs.items()}
     lines = [
         "## Layout refactor: this tree against the branch point (encode, decode, training sample, scoring)",
         "",
         f"`python scripts/bench_layout.py --baseline {baseline} --rounds {rounds}`: each figure measured in fresh "
-        "worker processes, one per tree and round, the trees alternating; medians over the rounds. `A/A` runs the "
-        "baseline against itself in the same rounds: its ratio is the noise of this comparison. 1 thread. "
-        f"Machine: {machine}.",
+        "worker processes, one per tree and round, the trees alternating; medians over the rounds, and the lowest - "
+        "highest round. `A/A` runs the baseline against itself in the same rounds: its ratio and the rounds' spread "
+        f"are the noise of this comparison. 1 thread. Machine: {machine}.",
         "",
         "| figure | baseline | baseline again (A/A) | this tree | A/A ratio | this tree / baseline |",
         "|---|---|---|---|---|---|",
     ]
     for f in FIGURES:
+        cells = [f"{med[n][f]:.3g} ({spread[n][f][0]:.3g} - {spread[n][f][1]:.3g})"
+                 for n in ("baseline", "baseline_again", "tree")]
         a, aa, b = med["baseline"][f], med["baseline_again"][f], med["tree"][f]
-        lines.append(f"| {LABELS[f]} | {a:.3g} | {aa:.3g} | {b:.3g} | {aa / a:.2f} | {b / a:.2f} |")
+        lines.append(f"| {LABELS[f]} | {' | '.join(cells)} | {aa / a:.2f} | {b / a:.2f} |")
     return "\n".join(lines)
 
 
