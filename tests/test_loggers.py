@@ -71,3 +71,23 @@ def test_a_tiny_run_writes_tensorboard_events_with_its_loss_and_ap(tmp_path):
     assert metrics["global_step"] == 3 and ap[-1].value == pytest.approx(metrics["val/AP"], abs=1e-9)
     # and the other two loggers of the list ran too
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_without_wandb_mode_or_a_key_a_run_logs_to_wandb_offline(tmp_path):
+    """`make train` on a fresh machine: no WANDB_MODE, no API key, no ~/.netrc. The credential lookup finds none, the
+    run logs offline (W&B must not ask for a login), and its offline W&B run is in the run folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "HYDRA_FULL_ERROR"}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), WANDB_SILENT="true", OMP_NUM_THREADS="1",
+               PYTHONWARNINGS="ignore")
+    run = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("bapose-train")), "logger=[csv,wandb]", "debug=limit", *TINY,
+           "trainer.max_epochs=1", "trainer.limit_train_batches=1", f"hydra.run.dir={run}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wandb login" not in proc.stdout + proc.stderr
+    (offline,) = run.glob("wandb/offline-run-*")
+    assert offline.name.endswith(json.loads((run / "run.json").read_text())["wandb_id"])
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+

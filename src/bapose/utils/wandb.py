@@ -60,6 +60,11 @@ def wandb_logger(save_dir: str, id: str | None = None, **kwargs: Any) -> WandbLo
     if wandb_mode() == "disabled":
         log.info("WANDB_MODE=disabled: no W&B run")
         return None
+    if kwargs.get("offline"):
+        # wandb.init's own argument: Lightning says offline only through the WANDB_MODE environment variable, which
+        # W&B has already read when the credential lookup (bapose.utils.resolvers.wandb_mode) set W&B up in this
+        # process: without it, a machine with no key would be asked to log in
+        kwargs.setdefault("mode", "offline")
     return WandbLogger(save_dir=save_dir, id=id or run_wandb_id(save_dir), **kwargs)
 
 
