@@ -100,3 +100,7 @@ def test_a_piped_run_prints_one_summary_line_per_epoch_and_a_bounded_progress_ba
     assert "lr-Adam" in rows[0] and "lr" not in rows[0]
     lrs = [float(r["lr-Adam"]) for r in rows if r["lr-Adam"]]
     assert len(lrs) >= EPOCHS * BATCHES // 4 and all(v > 0 for v in lrs)
+    # each epoch's line carries that epoch's train loss (the CSV log's train/loss_epoch), not the previous epoch's
+    said = {int(e): float(v) for e, v in re.findall(r"epoch (\d+) \| step \d+ \| train/loss ([0-9.]+)", log_file)}
+    logged = {int(r["epoch"]): float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")}
+    assert sorted(said) == list(range(EPOCHS)) and all(abs(said[e] - logged[e]) < 1e-5 for e in said), (said, logged)

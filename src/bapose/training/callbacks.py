@@ -56,11 +56,17 @@ class EpochSummary(L.Callback):
 
     def __init__(self, keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AR")) -> None:
         self.keys = keys
+        self._validated: int | None = None  # the epoch whose validation ran last
 
-    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the LightningModule's,
-    # which is where val/AP is computed and logged, so the epoch-end hook would print the previous epoch's AP
+    # Validation at an epoch's end runs inside the training epoch, before Lightning reduces the epoch's train/*
+    # values: at on_validation_end the train loss is still the previous epoch's. The line is written at the train
+    # epoch end instead (this epoch's loss, this epoch's validation), for epochs that validated.
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._validated = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validated != trainer.current_epoch or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch}", f"step {trainer.global_step}"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("bapose")
 
@@ -49,5 +50,6 @@ class BestCheckpoint(ModelCheckpoint):
         if after is None or not self.best_model_path or not trainer.is_global_zero:
             return
         if before is None or bool(after != before):
-            log.info("new best %s %.4f at epoch %d (step %d): %s", self.monitor, float(after), trainer.current_epoch,
-                     trainer.global_step, self.best_model_path)
+            with logging_redirect_tqdm():  # past the progress bar, on a line of its own (as the epoch summary)
+                log.info("new best %s %.4f at epoch %d (step %d): %s", self.monitor, float(after),
+                         trainer.current_epoch, trainer.global_step, self.best_model_path)

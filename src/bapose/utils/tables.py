@@ -23,7 +23,7 @@ def format_metrics_table(metrics: Mapping[str, float], title: str = "") -> str:
     keys = metric_order(metrics)
     if not keys:
         return f"{title}: (no metrics)"
-    width = max(7, *(len(k) + 1 for k in keys))
+    width = max(8, *(len(k) + 1 for k in keys))  # "-1.0000" (COCO: nobody in that range) needs 7 + a space
     head = "".join(f"{k:>{width}}" for k in keys)
     vals = "".join(f"{metrics[k]:>{width}.4f}" if isinstance(metrics[k], float) and math.isfinite(metrics[k])
                    else f"{metrics[k]!s:>{width}}" for k in keys)
