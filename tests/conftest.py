@@ -42,7 +42,14 @@ def ochuman_sample(shared_data: Path) -> Path:
     return shared_data / "ochuman_sample"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    # generated datasets go to a per-session temp cache, never the user's ~/.cache
-    monkeypatch.setenv("BAPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "bapose-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    # generated datasets go to a per-session temp cache, never the user's ~/.cache: set for the whole session
+    # (module-scoped fixtures that train or start subprocesses run before any function-scoped fixture)
+    before = os.environ.get("BAPOSE_CACHE")
+    os.environ["BAPOSE_CACHE"] = str(tmp_path_factory.getbasetemp() / "bapose-cache")
+    yield
+    if before is None:
+        os.environ.pop("BAPOSE_CACHE", None)
+    else:
+        os.environ["BAPOSE_CACHE"] = before
