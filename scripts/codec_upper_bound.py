@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from bapose.codecs import build_codec
-from bapose.data.coco import read_json
+from bapose.io import read_json_object
 from bapose.evaluation.scoring import format_table, resolve_dataset
 from bapose.evaluation.upper_bound import upper_bound
 from bapose.errors import ConfigError, exit_on_error
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("pycocotools", "faster"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    gt = read_json(args.ann)
+    gt = read_json_object(args.ann)
     meta, mode = resolve_dataset(gt, args.dataset, args.ann)
     kwargs = codec_kwargs(args.codec, args.set)
     kwargs["input_size"] = args.input_size

@@ -29,7 +29,7 @@ import torch
 
 from bapose.evaluation.scoring import resolve_dataset
 from bapose.codecs import BAPoseCodec
-from bapose.data.coco import read_json
+from bapose.io import read_json_object
 from bapose.evaluation.upper_bound import outcomes
 from bapose.data.dataset import CocoKeypointDataset, read_image
 from bapose.data.transforms import EvalTransform, apply_affine, invert_affine
@@ -122,7 +122,7 @@ def render_ownership(ann: Path, images: Path, n: int, input_size: int, crop: int
     """RGB rows for the ``n`` images with the most people: the ground truth, then the ownership under each rule set
     of :data:`RULES`, on the ``crop`` x ``crop`` grid pixels around where DEKR's rules lose the most people,
     magnified ``zoom`` times."""
-    data = read_json(ann)
+    data = read_json_object(ann)
     meta, mode = resolve_dataset(data)
     per: dict[int, list[dict]] = {}
     for a in data["annotations"]:

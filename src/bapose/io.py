@@ -12,7 +12,7 @@ from typing import Any
 
 from bapose.errors import DataError, where
 
-__all__ = ["read_json", "read_json_or_empty", "write_json"]
+__all__ = ["read_json", "read_json_object", "read_json_or_empty", "write_json"]
 
 
 def read_json(path: str | os.PathLike, expected: str = "a COCO keypoint json") -> Any:
@@ -25,6 +25,14 @@ def read_json(path: str | os.PathLike, expected: str = "a COCO keypoint json") -
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{where(path)}: not valid JSON ({err}); expected {expected}") from None
+
+
+def read_json_object(path: str | os.PathLike, expected: str = "a COCO keypoint json") -> dict[str, Any]:
+    """:func:`read_json` of a file whose top level must be a json object."""
+    data = read_json(path, expected)
+    if not isinstance(data, dict):
+        raise DataError(f"{where(path)}: top level is a {type(data).__name__}; expected {expected} object")
+    return data
 
 
 def read_json_or_empty(path: str | os.PathLike) -> dict[str, Any]:

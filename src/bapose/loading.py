@@ -125,7 +125,7 @@ def _input_size(info: CheckpointInfo, input_size: int | None) -> int:
 def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, model_from_checkpoint: bool = True,
                meta: str | DatasetMeta | None = None, ann_file: str | None = None, input_size: int | None = None,
                codec: Mapping[str, Any] | None = None, prefer_ema: bool = True,
-               device: str | torch.device = "cpu") -> LoadedModel:
+               device: str | torch.device = "cpu", checkpoint: Mapping[str, Any] | None = None) -> LoadedModel:
     """Rebuild the net a checkpoint was trained as and load its weights (EMA when present), safely.
 
     Args:
@@ -136,12 +136,14 @@ def load_model(ckpt_path: str | Path, model: Mapping[str, Any] | None = None, mo
             default from ``ann_file``, else the joint set the checkpoint carries. Another K raises CheckpointError.
         input_size: short side of the resized images; default the checkpoint's training input size, else 512.
         codec: ``BAPoseCodec`` keyword arguments except ``input_size`` (``conf/codec/default.yaml``).
+        checkpoint: the file's content when the caller has already read it (``load_checkpoint_safely``): not read
+            again.
 
     Raises:
         CheckpointError: unreadable file, or a checkpoint of another architecture / K (names keys, shapes, K).
     """
     path = Path(str(ckpt_path))
-    ckpt = load_checkpoint_safely(path)
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint_safely(path)
     info = CheckpointInfo.of(ckpt, path)
     state = extract_net_state(ckpt, prefer_ema=prefer_ema)
     k = _checkpoint_k(path, info, state)

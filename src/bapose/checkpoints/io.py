@@ -166,7 +166,7 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         size = path.stat().st_size
         # torch's first sentence says what failed; the rest of its text is advice this message already gives
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        reason = _first_sentence(e)
         raise CheckpointError(f"checkpoint file '{path}' ({size} bytes) is truncated or corrupt: {reason}; "
                               f"expected a complete torch.save zip archive") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -174,6 +174,11 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -
         raise CheckpointError(f"checkpoint file '{path}' has no field 'state_dict' (found {keys}); "
                               f"expected a Lightning / bapose checkpoint")
     return ckpt
+
+
+def _first_sentence(err: BaseException) -> str:
+    """What failed, in torch's own first sentence (the rest of its text is advice these messages already give)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
 
 
 def _describe(keys: Iterable[str], limit: int = 8) -> str:
@@ -296,7 +301,7 @@ def read_state_dict(path: str | Path, what: str = "DEKR") -> dict[str, Tensor]:
         elif not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
             reason = "neither a torch zip archive nor a pickle"
         else:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+            reason = _first_sentence(e)
         raise CheckpointError(f"{what} file '{path}' is not a readable torch weights file ({reason}); expected a "
                               f"state_dict saved with torch.save") from e
     # unwrap {"state_dict": ...} / {"model": ...} (a training checkpoint, a hub release) until tensors appear

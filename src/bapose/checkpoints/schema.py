@@ -100,13 +100,16 @@ class CheckpointInfo:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return {**self.extra, **out}
 
+    def entry(self) -> dict[str, Any]:
+        """The plain dict a checkpoint stores, stamped with this bapose version (what writers store)."""
+        return {**self.to_dict(), "version": __version__}
+
     def write(self, checkpoint: dict[str, Any]) -> None:
-        """Store this entry in a checkpoint dict (stamped with this bapose version)."""
-        self.version = __version__
-        checkpoint[CHECKPOINT_KEY] = self.to_dict()
+        """Store this entry in a checkpoint dict (:meth:`entry`)."""
+        checkpoint[CHECKPOINT_KEY] = self.entry()
 
     # ------------------------------------------------------------------------------------------------ derived
-    def joint_set(self, k: int | None = None) -> DatasetMeta | None:
+    def joint_set(self) -> DatasetMeta | None:
         """The joint set trained on: the stored spec, else the preset of the stored name; ``None`` when the file
         names a custom set without its joints (written before bapose stored them)."""
         if isinstance(self.meta_spec, Mapping) and self.meta_spec.get("keypoints"):

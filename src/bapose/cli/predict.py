@@ -44,7 +44,7 @@ from bapose.data.inputs import Frame, is_video, iter_images, iter_video, resolve
 from bapose.data.transforms import EvalTransform, eval_resize_matrix
 from bapose.errors import ConfigError, DataError
 from bapose.evaluation import to_coco_results
-from bapose.data.coco import read_json
+from bapose.io import read_json_object
 from bapose.loading import LoadedModel, load_model
 from bapose.predictor import Predictor, same_size_batches
 from bapose.utils.entry import hydra_entry
@@ -83,7 +83,7 @@ class AnnIds:
     exactly one of the json's ``file_name`` entries (``val2017/x.jpg`` and ``x.jpg`` both find ``val2017/x.jpg``)."""
 
     def __init__(self, ann_file: Path) -> None:
-        gt = read_json(ann_file)
+        gt = read_json_object(ann_file)
         self.file = ann_file
         self._by_suffix: dict[str, Any] = {}
         self._sizes: dict[Any, tuple[int, int]] = {}

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from bapose.data.coco import read_json
+from bapose.io import read_json, read_json_object
 from bapose.errors import BAPoseError, DataError
 from bapose.evaluation import KeypointEvaluator
 from bapose.evaluation.scoring import format_table, parse_sigmas, resolve_dataset
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the stats as json")
     args = parser.parse_args(argv)
     try:
-        gt = read_json(args.gt)
+        gt = read_json_object(args.gt)
         results = read_json(args.results, expected="a json list of results")
         if not isinstance(results, list):
             raise DataError(f"file '{args.results}': expected a json list of results, got {type(results).__name__}")

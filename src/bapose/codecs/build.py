@@ -12,6 +12,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from bapose.codecs.bapose_codec import BAPoseCodec
 from bapose.errors import ConfigError
 
@@ -28,15 +30,10 @@ def codec_knobs(knobs: Any) -> dict[str, Any]:
     """Plain ``BAPoseCodec`` keyword arguments from a config node, a mapping or None."""
     if knobs is None:
         return {}
+    if OmegaConf.is_config(knobs):
+        return dict(OmegaConf.to_container(knobs, resolve=True))
     if isinstance(knobs, Mapping):
         return dict(knobs)
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(knobs):
-            return dict(OmegaConf.to_container(knobs, resolve=True))
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
     raise ConfigError(f"codec: expected a mapping of BAPoseCodec fields (conf/codec), got {type(knobs).__name__}")
 
 

@@ -1,7 +1,7 @@
 """COCO-format keypoint files: the one reader and structure check of the suite, and the joint set a file declares.
 
 The dataset, the datamodule, the evaluator, ``bapose.load_model``, ``bapose-convert`` and ``bapose-score`` all read
-annotation files through :func:`read_json` / :func:`load_coco_keypoint_json`, so a missing, broken or foreign file
+annotation files through :func:`load_coco_keypoint_json` (and :func:`bapose.io.read_json_object`), so a missing, broken or foreign file
 gets the same one-line error everywhere, and take a file's joint set from :func:`joint_set_of_json` /
 :func:`resolve_joint_set`. Per-annotation value checks against a joint set (K values, finite numbers, boxes, areas)
 are the evaluator's (:func:`bapose.evaluation.keypoints.validate_coco_keypoints`); per-sample ones the dataset's.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.errors import DataError, check_unique_ids, where
-from bapose.io import read_json
+from bapose.io import read_json_object
 
-__all__ = ["check_coco_keypoint_json", "joint_set_of_json", "load_coco_keypoint_json", "read_json",
+__all__ = ["check_coco_keypoint_json", "joint_set_of_json", "load_coco_keypoint_json",
            "resolve_joint_set"]
 
 
@@ -29,7 +29,7 @@ def load_coco_keypoint_json(ann_file: str | os.PathLike, keypoints_field: str = 
     ``keypoints_field``.
     """
     ann_file = Path(ann_file)
-    data = read_json(ann_file)
+    data = read_json_object(ann_file)
     return check_coco_keypoint_json(data, ann_file, keypoints_field)
 
 
@@ -106,9 +106,5 @@ def resolve_joint_set(meta: str | DatasetMeta | None = None, ann_file: str | os.
     if meta:
         return DatasetMeta.preset(str(meta)), f"{labels[0]}{meta}"
     if ann_file:
-        data = read_json(ann_file)
-        if not isinstance(data, Mapping):
-            raise DataError(f"{where(ann_file)}: top level is a {type(data).__name__}; expected a COCO keypoint json "
-                            "object")
-        return joint_set_of_json(data, ann_file, keypoints_field), f"{labels[1]}{ann_file}"
+        return joint_set_of_json(read_json_object(ann_file), ann_file, keypoints_field), f"{labels[1]}{ann_file}"
     return None

@@ -278,7 +278,7 @@ class BAPoseDataModule(L.LightningDataModule):
         set, which may come from the json), or the codec object given."""
         if self._codec is None:
             make = self._codec_cfg
-            if make is None or isinstance(make, Mapping) or type(make).__name__ == "DictConfig":
+            if make is None or isinstance(make, Mapping):  # conf/codec kwargs (a DictConfig is a Mapping)
                 make = functools.partial(build_codec, make)  # kwargs: the one codec builder over them
             if callable(make) and not hasattr(make, "encode"):
                 self._codec = make(input_size=self.input_size, sigmas=self.meta.sigmas, rule_set=self.eval_mode,

@@ -24,7 +24,7 @@ import torch
 
 from bapose.data.metadata import DatasetMeta, keypoint_categories
 from bapose.errors import DataError, check_unique_ids, where
-from bapose.io import read_json
+from bapose.io import read_json_object
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
@@ -220,10 +220,7 @@ def validate_coco_keypoints(gt: Mapping, meta: DatasetMeta, file: object = None,
 def _load_gt(gt: str | Path | Mapping, file: object = None) -> tuple[dict, str]:
     if isinstance(gt, Mapping):
         return dict(gt), str(file) if file is not None else "<ground-truth dict>"
-    data = read_json(gt, expected="a COCO-format keypoint json")
-    if not isinstance(data, Mapping):
-        raise DataError(f"{where(gt)}: top level is a {type(data).__name__}; expected a COCO keypoint json object")
-    return dict(data), str(gt)
+    return read_json_object(gt, "a COCO-format keypoint json"), str(gt)
 
 
 def _box_of(kp: np.ndarray) -> list[float]:

@@ -29,7 +29,7 @@ from bapose.codecs.bapose_codec import CENTER_STATUS, BAPoseCodec, Layout
 from bapose.codecs.oks import gt_oks_scale
 from bapose.codecs.rescore import oks
 from bapose.codecs.build import build_codec
-from bapose.data.coco import read_json
+from bapose.io import read_json_object
 from bapose.data.metadata import DatasetMeta
 from bapose.data.transforms import apply_affine, eval_resize_matrix, invert_affine
 from bapose.evaluation.keypoints import KeypointEvaluator
@@ -72,7 +72,7 @@ def upper_bound(gt: str | Path | Mapping, meta: DatasetMeta, mode: str = "coco",
     small-person rule on the json's own ``area``, bbox w*h where it has none), decoded, mapped back to original
     pixels and scored.
     """
-    data = read_json(gt) if not isinstance(gt, Mapping) else gt
+    data = read_json_object(gt) if not isinstance(gt, Mapping) else gt
     # by default the small-person rule of the scoring rule set (COCO 32^2, CrowdPose none), as training resolves it
     codec = codec or build_codec({"min_center_area": None}, input_size=input_size, rule_set=mode)
     if codec.oks_sigmas is None:

@@ -45,7 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in ("val", "test"):
         raise ConfigError(f"field 'split' is {split!r}; expected 'val' or 'test'")
     path = Path(str(cfg.ckpt_path))
-    info = CheckpointInfo.of(load_checkpoint_safely(path), path)
+    checkpoint = load_checkpoint_safely(path)  # read once: its dataset entry here, its weights in load_model
+    info = CheckpointInfo.of(checkpoint, path)
     cfg = with_eval_data(cfg, info, path)
     datamodule = build_datamodule(cfg)
     meta = datamodule.meta
@@ -53,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # against this dataset's joint set (another one is refused, naming both); the datamodule's codec decodes, with the checkpoint's stored decode knobs
     loaded = load_model(path, model=cfg.get("model"), model_from_checkpoint=bool(cfg.model_from_checkpoint),
                         meta=meta, input_size=datamodule.input_size, prefer_ema=bool(cfg.prefer_ema),
-                        device="cpu")
+                        device="cpu", checkpoint=checkpoint)
     net, stored = loaded.net, loaded.info
     if stored.input_size not in (None, datamodule.input_size):
         log.warning("checkpoint '%s' was trained at input size %s; evaluating at data.input_size=%s", path,

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from hydra.utils import instantiate
 from torch import nn
 
 from bapose.codecs import BAPoseCodec
@@ -49,12 +50,7 @@ def from_configs(net: nn.Module | None, codec: Any, loss: nn.Module | None, opti
     if codec is None and codec_config:
         codec = BAPoseCodec(**{k: tuple(v) if isinstance(v, list) else v for k, v in codec_config.items()})
     loss = loss if loss is not None else BAPoseLoss(**dict(loss_config or {}))
-    if optimizer is None and optimizer_config:
-        import hydra.utils
-
-        optimizer = hydra.utils.instantiate(dict(optimizer_config))
-    if scheduler is None and scheduler_config:
-        import hydra.utils
-
-        scheduler = hydra.utils.instantiate(dict(scheduler_config))
+    # the optimizer / scheduler nodes are Hydra partials (`_partial_: true`)
+    optimizer = optimizer if optimizer is not None or not optimizer_config else instantiate(dict(optimizer_config))
+    scheduler = scheduler if scheduler is not None or not scheduler_config else instantiate(dict(scheduler_config))
     return net, codec, loss, optimizer, scheduler

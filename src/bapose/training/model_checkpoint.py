@@ -11,6 +11,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bapose.errors import ConfigError
+
 log = logging.getLogger("bapose")
 
 __all__ = ["BestCheckpoint"]
@@ -25,8 +27,6 @@ class BestCheckpoint(ModelCheckpoint):
                  mode: str = "max", **kwargs: Any) -> None:
         kwargs.setdefault("save_top_k", 1)
         if kwargs["save_top_k"] != 1:
-            from bapose.errors import ConfigError
-
             raise ConfigError(f"callbacks.model_checkpoint: field 'save_top_k' is {kwargs['save_top_k']}; expected 1 "
                               f"(one best checkpoint under the stable name '{filename}.ckpt')")
         kwargs.setdefault("auto_insert_metric_name", False)

@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from bapose.checkpoints.io import check_state_dict_compatible
-from bapose.checkpoints.schema import CHECKPOINT_KEY, CheckpointInfo
+from bapose.checkpoints.schema import CheckpointInfo
 from bapose.data.datamodule import datamodule_spec
 from bapose.errors import BAPoseError, ConfigError
 from bapose.predictor import Predictor, images_to_float
@@ -409,9 +409,7 @@ class BAPoseModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_metadata(self) -> dict[str, Any]:
         """What a checkpoint says about itself: the plain ``bapose`` entry of :meth:`checkpoint_info`."""
-        checkpoint: dict[str, Any] = {}
-        self.checkpoint_info().write(checkpoint)
-        return checkpoint[CHECKPOINT_KEY]
+        return self.checkpoint_info().entry()
 
     def checkpoint_info(self) -> CheckpointInfo:
         """What a checkpoint says about itself (:class:`bapose.checkpoints.schema.CheckpointInfo`)."""
