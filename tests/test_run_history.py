@@ -241,7 +241,7 @@ def test_one_all_reduce_per_optimizer_step_and_none_per_accumulation_micro_step(
         # epoch logs (train/*_epoch, sync_dist=True) are reduced over the ranks at the epoch end (Lightning's own
         # reduction of the logged values; 6 here: each key's sum and its image count), nowhere in a batch
         (epoch_end,) = json.loads((tmp_path / f"collectives_epoch_end_rank{rank}.json").read_text())
-        assert epoch_end["epoch"] == 0 and epoch_end["all_reduce_logs"] >= 1, epoch_end
+        assert epoch_end["epoch"] == 0 and epoch_end["all_reduce_logs"] == 6, epoch_end  # the same on both ranks
 
 
 def _free_port() -> int:
@@ -357,7 +357,7 @@ def test_timed_last_ckpt_is_written_mid_epoch_after_every_minutes(tmp_path, monk
     # passed at step 6 is decided at the next optimizer step: last.ckpt of step 7, mid-epoch; no second save after it
     assert saved == [None] * per_epoch + [per_epoch, per_epoch, 7, 7], spy.rows
     mid_epoch = {s for (e, _, _, s) in spy.rows if e == 1 and s is not None and s > per_epoch}
-    assert mid_epoch == {7} and all(s % per_epoch for s in mid_epoch)
+    assert mid_epoch == {7}
     assert load_checkpoint_safely(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2 * per_epoch  # epoch end
 
 

@@ -1,7 +1,6 @@
 """Where bapose finds its Hydra configs, caches and the root of its runs and data, installed from a wheel or from a
-checkout.
-
-Importing this module registers ``${bapose.root_dir:}``, the default of ``paths.root_dir`` (``conf/paths``).
+checkout. :func:`default_root_dir` is ``${bapose.root_dir:}`` (``bapose.utils.resolvers``), the default of
+``paths.root_dir`` (``conf/paths``).
 """
 
 from __future__ import annotations
@@ -9,9 +8,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 _PACKAGE = Path(__file__).resolve().parent
+
+
+def checkout_root() -> Path | None:
+    """The repo root when bapose is imported from a source checkout (``src/bapose`` with ``conf/`` at the repo root,
+    an editable install included); ``None`` for a wheel install (configs in ``bapose/conf``)."""
+    if (_PACKAGE / "conf").is_dir():
+        return None
+    root = _PACKAGE.parents[1]
+    return root if (root / "conf").is_dir() else None
 
 
 def config_dir() -> Path:
@@ -23,15 +29,6 @@ def config_dir() -> Path:
     if repo.is_dir():
         return repo
     raise FileNotFoundError(f"bapose configs not found: looked in '{packaged}' and '{repo}'")
-
-
-def checkout_root() -> Path | None:
-    """The repo root when bapose is imported from a source checkout (``src/bapose`` beside ``conf/`` and
-    ``pyproject.toml``, an editable install included); ``None`` for a wheel install (configs in ``bapose/conf``)."""
-    if (_PACKAGE / "conf").is_dir():
-        return None
-    root = _PACKAGE.parents[1]
-    return root if (root / "conf").is_dir() and (root / "pyproject.toml").is_file() else None
 
 
 def default_root_dir() -> str:
@@ -47,6 +44,3 @@ def cache_dir() -> Path:
     root = os.environ.get("BAPOSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bapose")
     return Path(root)
 
-
-if not OmegaConf.has_resolver("bapose.root_dir"):
-    OmegaConf.register_new_resolver("bapose.root_dir", default_root_dir)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bapose.data.metadata import DatasetMeta, keypoint_categories
+from bapose.data.metadata import DatasetMeta, keypoint_categories, keypoint_names
 from bapose.errors import DataError, check_unique_ids, where
 from bapose.io import read_json_object
 
@@ -118,7 +118,7 @@ def _joint_set_category_ids(gt: Mapping, meta: DatasetMeta, file: object, keypoi
         return None
     k = meta.num_keypoints
     chosen = keypoint_categories(gt, file, keypoints_field)
-    names = chosen[0].get(keypoints_field) or chosen[0]["keypoints"]
+    names = keypoint_names(chosen[0], keypoints_field)
     if len(names) != k:
         raise DataError(f"{where(file, 'categories.keypoints')}: category '{chosen[0].get('name')}' has "
                         f"{len(names)} keypoints; expected {k} ({meta.name})")

@@ -45,6 +45,12 @@ def progress_bar(refresh_rate: int | None = None, tty_refresh_rate: int = 1,
     return TQDMProgressBar(refresh_rate=refresh_rate)
 
 
+def log_past_bar(message: str, *args: Any) -> None:
+    """``log.info`` written past tqdm's progress bar (cleared, the line written, redrawn): on a line of its own."""
+    with logging_redirect_tqdm():
+        log.info(message, *args)
+
+
 class EpochSummary(L.Callback):
     """Log one line per validation epoch on rank 0: epoch, step, mean train loss and the main AP numbers.
 
@@ -66,16 +72,18 @@ class EpochSummary(L.Callback):
             self._validated = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validated != trainer.current_epoch or not trainer.is_global_zero:
+        if self._validated != trainer.current_epoch:
             return
+        # read on every rank: the first read after the epoch's end reduces its synced train/* values (a collective)
         m = trainer.callback_metrics
+        if not trainer.is_global_zero:
+            return
         parts = [f"epoch {trainer.current_epoch}", f"step {trainer.global_step}"]
         loss = m.get("train/loss_epoch", m.get("train/loss"))
         if loss is not None:
             parts.append(f"train/loss {float(loss):.5f}")
         parts += [f"val/{k} {float(m[f'val/{k}']):.4f}" for k in self.keys if f"val/{k}" in m]
-        with logging_redirect_tqdm():
-            log.info(" | ".join(parts))
+        log_past_bar(" | ".join(parts))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -9,9 +9,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from bapose.errors import ConfigError
+from bapose.training.callbacks import log_past_bar
 
 log = logging.getLogger("bapose")
 
@@ -50,6 +49,5 @@ class BestCheckpoint(ModelCheckpoint):
         if after is None or not self.best_model_path or not trainer.is_global_zero:
             return
         if before is None or bool(after != before):
-            with logging_redirect_tqdm():  # past the progress bar, on a line of its own (as the epoch summary)
-                log.info("new best %s %.4f at epoch %d (step %d): %s", self.monitor, float(after),
+            log_past_bar("new best %s %.4f at epoch %d (step %d): %s", self.monitor, float(after),
                          trainer.current_epoch, trainer.global_step, self.best_model_path)

@@ -241,10 +241,11 @@ class BAPoseModule(L.LightningModule):
         # gradients are dropped before the update
         return loss
 
-    def request_checkpoint(self) -> None:
+    def request_checkpoint(self, wanted: bool = True) -> None:
         """Ask for a checkpoint right after the next optimizer step, on every rank (``checkpoint_due`` turns true
-        there): the request travels in the non-finite guard's all-reduce (``bapose.training.preemption``)."""
-        self._checkpoint_request = True
+        there), or withdraw the request (``wanted=False``): it travels in the non-finite guard's all-reduce
+        (``bapose.training.preemption``)."""
+        self._checkpoint_request = bool(wanted)
 
     def _agree_step(self) -> tuple[bool, bool]:
         """The one collective of an optimizer step: (every rank's micro-steps finite, some rank asks for a

@@ -135,9 +135,9 @@ class RequeueCheckpoint(L.Callback):
                            batch_idx: int) -> None:
         if hasattr(pl_module, "request_checkpoint"):
             due = bool(getattr(pl_module, "checkpoint_due", False))
-            # a save due now answers the request that made it: asking again here would save once more a step later
-            if not due and self._want(trainer):
-                pl_module.request_checkpoint()  # decided with the other ranks at the next optimizer step
+            # the request is this batch's answer, decided with the other ranks at the next optimizer step: a save due
+            # now answers the one that made it, and a request no longer wanted is withdrawn
+            pl_module.request_checkpoint(not due and self._want(trainer))
         else:  # a module without the shared per-step decision: one collective of our own per batch
             due = trainer.strategy.reduce_boolean_decision(self._want(trainer), all=False)
         if not due:
@@ -165,6 +165,8 @@ class RequeueCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_save = time.monotonic()  # the last checkpoint callback writes last.ckpt at every epoch end
+        if hasattr(pl_module, "request_checkpoint") and self._pending is None:
+            pl_module.request_checkpoint(False)  # a timed request from the epoch's last batch: that save is made
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()  # before Lightning puts back the handlers it found (Trainer._teardown)

@@ -7,7 +7,7 @@
   there.
 * ``${bapose.run_group:}``, ``${bapose.run_name:}``, ``${bapose.run_id:<run_id>,<runs folder>}``,
   ``${bapose.rank_suffix:}``, ``${bapose.on_rank_zero:x}`` — :mod:`bapose.utils.naming`.
-* ``${bapose.root_dir:}`` — where runs and data live (:func:`bapose.paths.default_root_dir`, registered by `bapose.paths`).
+* ``${bapose.root_dir:}`` — where runs and data live (:func:`bapose.paths.default_root_dir`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 
 from omegaconf import OmegaConf
 
+from bapose.paths import default_root_dir
 from bapose.utils.naming import on_rank_zero, rank_suffix, run_folder_name, run_group, run_name
 
 __all__ = ["register_resolvers", "wandb_mode", "wandb_offline"]
@@ -63,10 +64,12 @@ def register_resolvers() -> None:
     """Register the ``bapose.*`` OmegaConf resolvers (idempotent)."""
     for name, fn in (("bapose.wandb_offline", wandb_offline), ("bapose.run_group", run_group),
                      ("bapose.run_name", run_name), ("bapose.run_id", run_folder_name),
-                     ("bapose.rank_suffix", rank_suffix), ("bapose.on_rank_zero", on_rank_zero)):
+                     ("bapose.rank_suffix", rank_suffix), ("bapose.on_rank_zero", on_rank_zero),
+                     ("bapose.root_dir", default_root_dir)):
         if not OmegaConf.has_resolver(name):
-            # run_id: resolved once per process (hydra.run.dir is read several times while Hydra sets up a run)
-            OmegaConf.register_new_resolver(name, fn, use_cache=name == "bapose.run_id")
+            # run_id and root_dir: resolved once per process (hydra.run.dir is read several times while Hydra sets up
+            # a run; a wheel install's root is the folder the command started in, whatever it changes to later)
+            OmegaConf.register_new_resolver(name, fn, use_cache=name in ("bapose.run_id", "bapose.root_dir"))
 
 
 register_resolvers()

@@ -56,6 +56,7 @@ from bapose.data.synthetic.coco import coco_json, dataset_stats, render_image
 from bapose.data.synthetic.scene import render_scene
 from bapose.data.synthetic.spec import GENERATOR_VERSION, SynthSpec, spec_from_options
 from bapose.errors import ConfigError, DataError
+from bapose.io import read_json_or_empty
 from bapose.paths import cache_dir
 
 __all__ = [
@@ -102,19 +103,12 @@ def generate(out_dir: Path, spec: SynthSpec | None = None, workers: int = 1, **p
 
 
 # -------------------------------------------------------------------------------------------- cache + atomicity
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _check_complete(root: Path, spec: SynthSpec) -> bool:
     """True when ``root`` holds this exact dataset; DataError when it holds something else; False when absent."""
     if not root.exists():
         return False
-    marker = _read_marker(root)
-    if marker is None:
+    marker = read_json_or_empty(root / MARKER)
+    if not marker:
         if root.is_dir() and not any(root.iterdir()):
             return False  # an empty folder the user made for us
         raise DataError(f"synthetic data folder '{root}' exists but has no valid '{MARKER}' marker; expected a "

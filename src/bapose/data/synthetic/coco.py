@@ -3,7 +3,6 @@ crowd index), a split's keypoint json, and a summary of such a json."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ from pycocotools import mask as mask_utils
 from bapose.data.synthetic.scene import render_scene
 from bapose.data.synthetic.spec import SynthSpec
 from bapose.errors import DataError
+from bapose.io import read_json_object
 
 # the split is part of every image's seed: SeedSequence([seed, split, index])
 _SPLITS = {"train": 0, "val": 1}
@@ -135,7 +135,7 @@ def coco_json(spec: SynthSpec, split: str, results: list[tuple[dict, list[dict]]
 
 def dataset_stats(ann: Path | dict) -> dict[str, float]:
     """Summary of a COCO keypoint json: images, labelled people, people per image, joint visibility fractions."""
-    data = json.loads(Path(ann).read_text()) if not isinstance(ann, dict) else ann
+    data = read_json_object(ann) if not isinstance(ann, dict) else ann
     n_img = len(data["images"])
     per_image = np.zeros(max(n_img, 1))
     index = {img["id"]: i for i, img in enumerate(data["images"])}
