@@ -110,6 +110,37 @@ def test_what_a_job_returns_decides_complete_or_fail():
     assert "expected 2 values" in objective_values(_ret(0.5), 2)[1]
 
 
+class _Launcher:
+    """Launches the first ``ok`` batches (every job returns ``value``), then raises ``error``."""
+
+    def __init__(self, ok: int, error: BaseException, value: float = 0.5) -> None:
+        self.ok, self.error, self.value, self.calls = ok, error, value, 0
+
+    def launch(self, overrides, initial_job_idx):
+        self.calls += 1
+        if self.calls > self.ok:
+            raise self.error
+        return [_ret(self.value) for _ in overrides]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("submitit: the job could not be submitted")],
+                         ids=["ctrl-c", "launcher-error"])
+def test_a_batch_ended_by_an_exception_leaves_no_trial_running(tmp_path, error):
+    from omegaconf import OmegaConf
+
+    storage = optuna.storages.InMemoryStorage()
+    sweep = OptunaSweep(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize", storage=storage,
+                        study_name="s", n_trials=6, n_jobs=2, max_failure_rate=0.0, params={"x": "interval(0, 1)"})
+    sweep.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep.launcher = _Launcher(ok=1, error=error)
+    with pytest.raises(type(error)) as raised:
+        sweep.sweep([])
+    assert raised.value is error  # the launcher's own exception goes on
+    study = optuna.load_study(study_name="s", storage=storage)
+    # the first batch was told, the second was asked and never launched: FAIL, not RUNNING; no third batch
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 APP = """
 import hydra
@@ -197,6 +228,17 @@ def test_a_study_fails_trials_without_ending_and_is_continued_by_name(tmp_path):
         failed = t.params["fail"] or t.params["x"] > 0.7
         assert (t.state.name == "FAIL") == failed
     assert "Optuna study 'toy'" in proc.stdout + proc.stderr and "6 earlier trials" in proc.stdout + proc.stderr
+
+
+def test_an_override_hydra_cannot_apply_ends_the_sweep_with_its_trials_failed(tmp_path):
+    """A swept key the config lacks fails in Hydra's launcher (load_sweep_config), after Optuna asked the batch."""
+    app = _app(tmp_path)
+    proc = _sweep(app, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=1.0",
+                  "nokey=choice(1,2)", f"hydra.sweep.dir={tmp_path / 's'}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Could not override 'nokey'" in out, out[-3000:]
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'toy.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # the first batch, asked and not run
 
 
 def test_max_failure_rate_ends_the_sweep_and_directions_must_match_a_continued_study(tmp_path):

@@ -20,7 +20,9 @@ A key given on the command line replaces the same key of ``hydra.sweeper.params`
 job, numbered with its trial number (``<sweep dir>/<trial number>`` with bapose's ``hydra.sweep.subdir``), so a
 continued study never reuses a job folder. A job's return value is told to Optuna; a job that raised, returned
 ``None`` (a failed bapose run) or a value that is not a finite number is told as ``FAIL`` and the sweep goes on,
-unless a batch's share of failed trials exceeds ``max_failure_rate``.
+unless a batch's share of failed trials exceeds ``max_failure_rate``. A batch ended by an exception (the launcher
+raised: an override of a key the config lacks, a submitit error; Ctrl-C) tells its trials not yet told as ``FAIL``,
+then the exception goes on: no trial stays ``RUNNING`` in the storage.
 
 **Study**: ``storage`` (an RDB URL such as ``sqlite:///optuna.db``, or ``null`` for memory) and ``study_name``; a
 study of that name already in the storage is continued (its trials inform the sampler, ``n_trials`` more are run),
@@ -284,23 +286,31 @@ class OptunaSweep:
         left = self.n_trials
         while left > 0:
             batch = min(left, self.n_jobs)
-            trials = [study.ask(fixed_distributions=distributions) for _ in range(batch)]
-            jobs = []
-            for trial in trials:
-                job = [v.override(trial.params[k]) if isinstance(v, Param) else v for k, v in ordered.items()]
-                trial.set_user_attr("overrides", job)
-                trial.set_user_attr("sweep_dir", sweep_dir)
-                jobs.append(job)
-            returns = self._launch(trials, jobs)
+            trials: list[optuna.trial.Trial] = []
+            told: set[int] = set()
             failed = []
-            for trial, ret in zip(trials, returns, strict=True):
-                values, why = objective_values(ret, len(self.directions))
-                if values is None:
-                    study.tell(trial, state=TrialState.FAIL)
-                    failed.append(f"trial {trial.number}: {why}")
-                    log.warning("Optuna trial %d failed: %s", trial.number, why)
-                else:
-                    study.tell(trial, values)
+            try:
+                for _ in range(batch):
+                    trials.append(study.ask(fixed_distributions=distributions))
+                jobs = []
+                for trial in trials:
+                    job = [v.override(trial.params[k]) if isinstance(v, Param) else v for k, v in ordered.items()]
+                    trial.set_user_attr("overrides", job)
+                    trial.set_user_attr("sweep_dir", sweep_dir)
+                    jobs.append(job)
+                returns = self._launch(trials, jobs)
+                for trial, ret in zip(trials, returns, strict=True):
+                    values, why = objective_values(ret, len(self.directions))
+                    if values is None:
+                        study.tell(trial, state=TrialState.FAIL)
+                        failed.append(f"trial {trial.number}: {why}")
+                        log.warning("Optuna trial %d failed: %s", trial.number, why)
+                    else:
+                        study.tell(trial, values)
+                    told.add(trial.number)
+            except BaseException as err:  # a launch that raised, Ctrl-C: no asked trial stays RUNNING in the storage
+                self._fail_untold(study, [t for t in trials if t.number not in told], err)
+                raise
             results.append(returns)
             if failed and len(failed) / batch > self.max_failure_rate:
                 raise SweepFailed(f"{len(failed)} of {batch} trials of a batch failed, more than "
@@ -309,6 +319,20 @@ class OptunaSweep:
             left -= batch
         self._write_results(study, sweep_dir)
         return results
+
+    @staticmethod
+    def _fail_untold(study: optuna.Study, trials: list[optuna.trial.Trial], err: BaseException) -> None:
+        """Tell ``trials`` (asked, not told) as ``FAIL`` after ``err`` ended the batch; a storage that cannot be
+        told now is logged, so that ``err`` is what the sweep raises."""
+        for trial in trials:
+            try:
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception as tell_err:  # noqa: BLE001 - the batch's own error goes on
+                log.error("Optuna trial %d could not be told FAIL (%s: %s); it stays RUNNING in the storage",
+                          trial.number, type(tell_err).__name__, tell_err)
+            else:
+                log.warning("Optuna trial %d failed: the sweep ended (%s: %s)", trial.number, type(err).__name__,
+                            err)
 
     def _write_results(self, study: optuna.Study, sweep_dir: str) -> None:
         trials = study.get_trials(deepcopy=False)
