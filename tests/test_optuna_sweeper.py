@@ -211,15 +211,18 @@ def test_a_study_fails_trials_without_ending_and_is_continued_by_name(tmp_path):
         job = yaml.safe_load((first / str(t.number) / ".hydra" / "overrides.yaml").read_text())
         assert f"k={k}" in job and any(o.startswith("x=") and float(o[2:]) == x for o in job)
         assert t.user_attrs["overrides"] == job
+    # seed 3 draws one x > 0.7 in 6 trials (trial 2): both paths above ran
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 5 + ["FAIL"]
     results = yaml.safe_load((first / "optimization_results.yaml").read_text())
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert results["trials"] == 6 and results["complete"] == len(complete)
     assert results["best_value"] == pytest.approx(max(t.value for t in complete))
 
     # the same study continued from another sweep folder: 3 more trials, numbered on, a failing job told as FAIL
+    # (another seed: seed 3 again draws fail=false for all 3; seed 2 draws a job that raises with x <= 0.7)
     second = tmp_path / "second"
     proc = _sweep(app, "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=1.0", "fail=choice(true,false)",
-                  f"hydra.sweep.dir={second}")
+                  "hydra.sweeper.sampler.seed=2", f"hydra.sweep.dir={second}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'toy.db'}")
     assert [t.number for t in study.trials] == list(range(9))
@@ -227,6 +230,9 @@ def test_a_study_fails_trials_without_ending_and_is_continued_by_name(tmp_path):
     for t in study.trials[6:]:
         failed = t.params["fail"] or t.params["x"] > 0.7
         assert (t.state.name == "FAIL") == failed
+    # both paths ran: a job that raised (and would have completed: x <= 0.7) is FAIL, another trial COMPLETE
+    assert any(t.params["fail"] and t.params["x"] <= 0.7 and t.state.name == "FAIL" for t in study.trials[6:])
+    assert any(t.state.name == "COMPLETE" for t in study.trials[6:])
     assert "Optuna study 'toy'" in proc.stdout + proc.stderr and "6 earlier trials" in proc.stdout + proc.stderr
 
 
