@@ -151,9 +151,38 @@ def test_the_makefile_installs_from_the_hashed_locks():
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert "-r requirements/torch-cu130.txt -r requirements/test.txt" in dry.stdout
+    assert "touch /nonexistent-venv/.bapose-test-cu130" in dry.stdout
     dry = subprocess.run(["make", "-n", "train", "VENV=/nonexistent-venv"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert "-r requirements/torch-cu130.txt -r requirements/core.txt" in dry.stdout
+
+
+def test_a_venv_of_another_torch_build_is_refused_whatever_its_stamps(tmp_path):
+    """The stamps carry the build's name: a venv made with TORCH=cpu has no fresh stamp for cu130, so `make test
+    TORCH=cu130` runs the build check (which stops it before any install); under stamps without the name a fresh
+    `.bapose-test` skipped the check. A venv of those old stamps installs once more."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".bapose-torch").write_text("cpu\n")
+    for stamp in (".bapose-tools", ".bapose-test", ".bapose-test-cpu"):  # newer than the locks: fresh
+        (venv / stamp).touch()
+
+    def make(*args):
+        return subprocess.run(["make", *args, f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    proc = make("test", "TORCH=cu130")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{venv} holds the torch build 'cpu', not TORCH=cu130" in proc.stderr
+    assert "install" not in proc.stdout  # nothing ran before the check
+    (venv / ".bapose-torch").write_text("cu130\n")
+    (venv / ".bapose-test-cpu").unlink()
+    dry = make("-n", "test")  # old stamps (.bapose-test): installs again, then drops them
+    assert dry.returncode == 0 and "-r requirements/torch-cu130.txt -r requirements/test.txt" in dry.stdout
+    assert f"rm -f {venv}/.bapose-core {venv}/.bapose-test" in dry.stdout and f"touch {venv}/.bapose-test-cu130" \
+        in dry.stdout
+    (venv / ".bapose-test-cu130").touch()
+    dry = make("-n", "test")  # the venv's own build, its stamp fresh: straight to pytest
+    assert dry.returncode == 0 and "pip install" not in dry.stdout and "-m pytest -q" in dry.stdout, dry.stdout
 
 
 # ------------------------------------------------------------------------------------------------ with an index
