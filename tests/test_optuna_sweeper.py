@@ -280,3 +280,25 @@ def test_the_preset_is_what_the_sweep_config_builds_on(tmp_path):
     assert sweeper._target_ == "hydra_plugins.bapose_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert (sweeper.direction, sweeper.study_name, sweeper.max_failure_rate) == ("maximize", "bapose", 1.0)
     assert sweeper.sampler.seed == 1234 and sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
+
+
+def test_the_sweeper_settings_are_the_keys_of_the_yaml_hydra_instantiates(tmp_path):
+    """The YAML is where the settings and their defaults are written; OptunaSweep takes exactly its keys (no
+    default of its own), and Hydra's instantiate of the YAML builds a sweeper with those defaults."""
+    import inspect
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.bapose_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    preset = OmegaConf.load(config_dir() / "hydra" / "sweeper" / "optuna.yaml")
+    taken = inspect.signature(OptunaSweep.__init__).parameters
+    assert sorted(k for k in preset if k != "_target_") == sorted(k for k in taken if k != "self")
+    assert all(p.default is inspect.Parameter.empty for p in taken.values())
+    sweeper = instantiate(preset)
+    assert isinstance(sweeper, OptunaSweeper)
+    sweep = sweeper._sweep
+    assert (sweep.directions, sweep.n_trials, sweep.n_jobs, sweep.max_failure_rate, sweep.storage) == \
+        (["minimize"], 20, 1, 0.0, None)
+    assert isinstance(sweep.sampler, optuna.samplers.TPESampler)

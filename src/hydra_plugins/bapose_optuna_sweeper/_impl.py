@@ -218,6 +218,8 @@ class OptunaSweep:
 
     def __init__(self, *, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float, params: Any) -> None:
+        """The keys of ``hydra.sweeper``, all given by ``conf/hydra/sweeper/optuna.yaml`` (their defaults and what
+        each means are written there, once), checked here: an invalid one is a ``ConfigError`` naming it."""
         if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
             raise ConfigError(f"hydra.sweeper.sampler is {sampler!r}; expected an Optuna sampler "
                               f"({{_target_: optuna.samplers.TPESampler, seed: ...}}) or null (TPE)")
