@@ -201,7 +201,7 @@ def objective_values(job_return: Any, n_objectives: int) -> tuple[list[float] | 
 
 def _directions(direction: Any) -> list[str]:
     items = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
-    names = [str(getattr(d, "name", d)).lower() for d in items]
+    names = [str(d).lower() for d in items]
     if not names or any(n not in DIRECTIONS for n in names):
         raise ConfigError(f"hydra.sweeper.direction is {direction!r}; expected 'minimize' or 'maximize' (or a list "
                           f"of them, one per objective)")
