@@ -17,6 +17,9 @@ OBSOLETE := hydra-optuna-sweeper
 
 # $(1): the use lock (core | test); the torch lock of $(TORCH) goes with it. --require-hashes: only the files
 # whose sha256 the locks name; bapose itself goes in editable, without dependencies (they are all in the locks).
+# The stamps carry the build's name ($(VENV)/.bapose-test-cu130): a fresh stamp says the venv holds $(TORCH), and
+# for any other TORCH there is none, so the build check below runs before anything is installed. A venv of the
+# stamps without a build name (.bapose-core, .bapose-test) installs once more and loses them.
 define install_lock
 	@had=$$(cat $(VENV)/.bapose-torch 2>/dev/null || echo $(TORCH)); if [ "$$had" != "$(TORCH)" ]; then \
 	  echo "Makefile: $(VENV) holds the torch build '$$had', not TORCH=$(TORCH); give this build its own venv" \
@@ -26,6 +29,7 @@ define install_lock
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
 	@echo $(TORCH) > $(VENV)/.bapose-torch
+	@rm -f $(VENV)/.bapose-core $(VENV)/.bapose-test
 	@touch $@
 endef
 
@@ -35,10 +39,10 @@ $(VENV)/.bapose-tools: requirements/tools.txt
 	$(PIP) install -q --require-hashes -r requirements/tools.txt
 	@touch $@
 
-$(VENV)/.bapose-core: pyproject.toml requirements/core.txt $(TORCH_LOCK) $(VENV)/.bapose-tools
+$(VENV)/.bapose-core-$(TORCH): pyproject.toml requirements/core.txt $(TORCH_LOCK) $(VENV)/.bapose-tools
 	$(call install_lock,core)
 
-$(VENV)/.bapose-test: pyproject.toml requirements/test.txt $(TORCH_LOCK) $(VENV)/.bapose-tools
+$(VENV)/.bapose-test-$(TORCH): pyproject.toml requirements/test.txt $(TORCH_LOCK) $(VENV)/.bapose-tools
 	$(call install_lock,test)
 
 # the download.pytorch.org builds: locked under the core lock's pins the first time they are asked for (needs
@@ -47,9 +51,9 @@ requirements/torch-cpu.txt requirements/torch-cu126.txt: | $(VENV)/.bapose-tools
 	$(BIN)/python scripts/lock.py --torch $(patsubst requirements/torch-%.txt,%,$@)
 
 ## everything `make test` needs (core + every extra); `install-core`: what `make train` needs
-install: $(VENV)/.bapose-test
+install: $(VENV)/.bapose-test-$(TORCH)
 
-install-core: $(VENV)/.bapose-core
+install-core: $(VENV)/.bapose-core-$(TORCH)
 
 ## the main job on the embedded default: train + evaluate on a generated crowd dataset on CPU, print the AP table
 train: install-core

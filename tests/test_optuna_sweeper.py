@@ -110,6 +110,37 @@ def test_what_a_job_returns_decides_complete_or_fail():
     assert "expected 2 values" in objective_values(_ret(0.5), 2)[1]
 
 
+class _Launcher:
+    """Launches the first ``ok`` batches (every job returns ``value``), then raises ``error``."""
+
+    def __init__(self, ok: int, error: BaseException, value: float = 0.5) -> None:
+        self.ok, self.error, self.value, self.calls = ok, error, value, 0
+
+    def launch(self, overrides, initial_job_idx):
+        self.calls += 1
+        if self.calls > self.ok:
+            raise self.error
+        return [_ret(self.value) for _ in overrides]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("submitit: the job could not be submitted")],
+                         ids=["ctrl-c", "launcher-error"])
+def test_a_batch_ended_by_an_exception_leaves_no_trial_running(tmp_path, error):
+    from omegaconf import OmegaConf
+
+    storage = optuna.storages.InMemoryStorage()
+    sweep = OptunaSweep(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize", storage=storage,
+                        study_name="s", n_trials=6, n_jobs=2, max_failure_rate=0.0, params={"x": "interval(0, 1)"})
+    sweep.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep.launcher = _Launcher(ok=1, error=error)
+    with pytest.raises(type(error)) as raised:
+        sweep.sweep([])
+    assert raised.value is error  # the launcher's own exception goes on
+    study = optuna.load_study(study_name="s", storage=storage)
+    # the first batch was told, the second was asked and never launched: FAIL, not RUNNING; no third batch
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 APP = """
 import hydra
@@ -180,15 +211,18 @@ def test_a_study_fails_trials_without_ending_and_is_continued_by_name(tmp_path):
         job = yaml.safe_load((first / str(t.number) / ".hydra" / "overrides.yaml").read_text())
         assert f"k={k}" in job and any(o.startswith("x=") and float(o[2:]) == x for o in job)
         assert t.user_attrs["overrides"] == job
+    # seed 3 draws one x > 0.7 in 6 trials (trial 2): both paths above ran
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 5 + ["FAIL"]
     results = yaml.safe_load((first / "optimization_results.yaml").read_text())
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert results["trials"] == 6 and results["complete"] == len(complete)
     assert results["best_value"] == pytest.approx(max(t.value for t in complete))
 
     # the same study continued from another sweep folder: 3 more trials, numbered on, a failing job told as FAIL
+    # (another seed: seed 3 again draws fail=false for all 3; seed 2 draws a job that raises with x <= 0.7)
     second = tmp_path / "second"
     proc = _sweep(app, "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=1.0", "fail=choice(true,false)",
-                  f"hydra.sweep.dir={second}")
+                  "hydra.sweeper.sampler.seed=2", f"hydra.sweep.dir={second}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'toy.db'}")
     assert [t.number for t in study.trials] == list(range(9))
@@ -196,7 +230,21 @@ def test_a_study_fails_trials_without_ending_and_is_continued_by_name(tmp_path):
     for t in study.trials[6:]:
         failed = t.params["fail"] or t.params["x"] > 0.7
         assert (t.state.name == "FAIL") == failed
+    # both paths ran: a job that raised (and would have completed: x <= 0.7) is FAIL, another trial COMPLETE
+    assert any(t.params["fail"] and t.params["x"] <= 0.7 and t.state.name == "FAIL" for t in study.trials[6:])
+    assert any(t.state.name == "COMPLETE" for t in study.trials[6:])
     assert "Optuna study 'toy'" in proc.stdout + proc.stderr and "6 earlier trials" in proc.stdout + proc.stderr
+
+
+def test_an_override_hydra_cannot_apply_ends_the_sweep_with_its_trials_failed(tmp_path):
+    """A swept key the config lacks fails in Hydra's launcher (load_sweep_config), after Optuna asked the batch."""
+    app = _app(tmp_path)
+    proc = _sweep(app, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=1.0",
+                  "nokey=choice(1,2)", f"hydra.sweep.dir={tmp_path / 's'}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Could not override 'nokey'" in out, out[-3000:]
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'toy.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # the first batch, asked and not run
 
 
 def test_max_failure_rate_ends_the_sweep_and_directions_must_match_a_continued_study(tmp_path):
@@ -232,3 +280,25 @@ def test_the_preset_is_what_the_sweep_config_builds_on(tmp_path):
     assert sweeper._target_ == "hydra_plugins.bapose_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert (sweeper.direction, sweeper.study_name, sweeper.max_failure_rate) == ("maximize", "bapose", 1.0)
     assert sweeper.sampler.seed == 1234 and sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
+
+
+def test_the_sweeper_settings_are_the_keys_of_the_yaml_hydra_instantiates(tmp_path):
+    """The YAML is where the settings and their defaults are written; OptunaSweep takes exactly its keys (no
+    default of its own), and Hydra's instantiate of the YAML builds a sweeper with those defaults."""
+    import inspect
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.bapose_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    preset = OmegaConf.load(config_dir() / "hydra" / "sweeper" / "optuna.yaml")
+    taken = inspect.signature(OptunaSweep.__init__).parameters
+    assert sorted(k for k in preset if k != "_target_") == sorted(k for k in taken if k != "self")
+    assert all(p.default is inspect.Parameter.empty for p in taken.values())
+    sweeper = instantiate(preset)
+    assert isinstance(sweeper, OptunaSweeper)
+    sweep = sweeper._sweep
+    assert (sweep.directions, sweep.n_trials, sweep.n_jobs, sweep.max_failure_rate, sweep.storage) == \
+        (["minimize"], 20, 1, 0.0, None)
+    assert isinstance(sweep.sampler, optuna.samplers.TPESampler)

@@ -20,7 +20,9 @@ A key given on the command line replaces the same key of ``hydra.sweeper.params`
 job, numbered with its trial number (``<sweep dir>/<trial number>`` with bapose's ``hydra.sweep.subdir``), so a
 continued study never reuses a job folder. A job's return value is told to Optuna; a job that raised, returned
 ``None`` (a failed bapose run) or a value that is not a finite number is told as ``FAIL`` and the sweep goes on,
-unless a batch's share of failed trials exceeds ``max_failure_rate``.
+unless a batch's share of failed trials exceeds ``max_failure_rate``. A batch ended by an exception (the launcher
+raised: an override of a key the config lacks, a submitit error; Ctrl-C) tells its trials not yet told as ``FAIL``,
+then the exception goes on: no trial stays ``RUNNING`` in the storage.
 
 **Study**: ``storage`` (an RDB URL such as ``sqlite:///optuna.db``, or ``null`` for memory) and ``study_name``; a
 study of that name already in the storage is continued (its trials inform the sampler, ``n_trials`` more are run),
@@ -199,7 +201,7 @@ def objective_values(job_return: Any, n_objectives: int) -> tuple[list[float] | 
 
 def _directions(direction: Any) -> list[str]:
     items = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
-    names = [str(getattr(d, "name", d)).lower() for d in items]
+    names = [str(d).lower() for d in items]
     if not names or any(n not in DIRECTIONS for n in names):
         raise ConfigError(f"hydra.sweeper.direction is {direction!r}; expected 'minimize' or 'maximize' (or a list "
                           f"of them, one per objective)")
@@ -216,6 +218,8 @@ class OptunaSweep:
 
     def __init__(self, *, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float, params: Any) -> None:
+        """The keys of ``hydra.sweeper``, all given by ``conf/hydra/sweeper/optuna.yaml`` (their defaults and what
+        each means are written there, once), checked here: an invalid one is a ``ConfigError`` naming it."""
         if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
             raise ConfigError(f"hydra.sweeper.sampler is {sampler!r}; expected an Optuna sampler "
                               f"({{_target_: optuna.samplers.TPESampler, seed: ...}}) or null (TPE)")
@@ -284,23 +288,31 @@ class OptunaSweep:
         left = self.n_trials
         while left > 0:
             batch = min(left, self.n_jobs)
-            trials = [study.ask(fixed_distributions=distributions) for _ in range(batch)]
-            jobs = []
-            for trial in trials:
-                job = [v.override(trial.params[k]) if isinstance(v, Param) else v for k, v in ordered.items()]
-                trial.set_user_attr("overrides", job)
-                trial.set_user_attr("sweep_dir", sweep_dir)
-                jobs.append(job)
-            returns = self._launch(trials, jobs)
+            trials: list[optuna.trial.Trial] = []
+            told: set[int] = set()
             failed = []
-            for trial, ret in zip(trials, returns, strict=True):
-                values, why = objective_values(ret, len(self.directions))
-                if values is None:
-                    study.tell(trial, state=TrialState.FAIL)
-                    failed.append(f"trial {trial.number}: {why}")
-                    log.warning("Optuna trial %d failed: %s", trial.number, why)
-                else:
-                    study.tell(trial, values)
+            try:
+                for _ in range(batch):
+                    trials.append(study.ask(fixed_distributions=distributions))
+                jobs = []
+                for trial in trials:
+                    job = [v.override(trial.params[k]) if isinstance(v, Param) else v for k, v in ordered.items()]
+                    trial.set_user_attr("overrides", job)
+                    trial.set_user_attr("sweep_dir", sweep_dir)
+                    jobs.append(job)
+                returns = self._launch(trials, jobs)
+                for trial, ret in zip(trials, returns, strict=True):
+                    values, why = objective_values(ret, len(self.directions))
+                    if values is None:
+                        study.tell(trial, state=TrialState.FAIL)
+                        failed.append(f"trial {trial.number}: {why}")
+                        log.warning("Optuna trial %d failed: %s", trial.number, why)
+                    else:
+                        study.tell(trial, values)
+                    told.add(trial.number)
+            except BaseException as err:  # a launch that raised, Ctrl-C: no asked trial stays RUNNING in the storage
+                self._fail_untold(study, [t for t in trials if t.number not in told], err)
+                raise
             results.append(returns)
             if failed and len(failed) / batch > self.max_failure_rate:
                 raise SweepFailed(f"{len(failed)} of {batch} trials of a batch failed, more than "
@@ -309,6 +321,20 @@ class OptunaSweep:
             left -= batch
         self._write_results(study, sweep_dir)
         return results
+
+    @staticmethod
+    def _fail_untold(study: optuna.Study, trials: list[optuna.trial.Trial], err: BaseException) -> None:
+        """Tell ``trials`` (asked, not told) as ``FAIL`` after ``err`` ended the batch; a storage that cannot be
+        told now is logged, so that ``err`` is what the sweep raises."""
+        for trial in trials:
+            try:
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception as tell_err:  # noqa: BLE001 - the batch's own error goes on
+                log.error("Optuna trial %d could not be told FAIL (%s: %s); it stays RUNNING in the storage",
+                          trial.number, type(tell_err).__name__, tell_err)
+            else:
+                log.warning("Optuna trial %d failed: the sweep ended (%s: %s)", trial.number, type(err).__name__,
+                            err)
 
     def _write_results(self, study: optuna.Study, sweep_dir: str) -> None:
         trials = study.get_trials(deepcopy=False)
