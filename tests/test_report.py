@@ -142,6 +142,28 @@ def test_report_of_several_sweeps_and_single_run_folders_with_crowdpose_columns(
     assert header[2:6] == ["AP", "AP easy", "AP medium", "AP hard"] and "AP50" not in header
 
 
+def test_status_json_decides_a_resumed_or_preempted_run_with_old_metrics_is_unfinished(tmp_path):
+    """A resumed run (status.json ``running``) or one stopped for a requeue (``preempted``) keeps the metrics.json of
+    an earlier attempt: those numbers are not its result. Only ``finished``, or no status.json at all (a run folder
+    older than it), lets metrics.json into the table."""
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["seed=1"], {"val/AP": 0.5})
+    make_job(sweep, 1, ["seed=2"], {"val/AP": 0.9}, status="running", log="Epoch 3:  20% 1/5\n")
+    make_job(sweep, 2, ["seed=3"], {"val/AP": 0.8}, status="preempted", error="SIGUSR2")
+    (make_job(sweep, 3, ["seed=4"], {"val/AP": 0.3}) / "status.json").unlink()
+    report = sweep_report([sweep], cost=False)
+    ((row),) = report.rows
+    assert sorted(j.name for j in row.jobs) == ["sweep/0", "sweep/3"] and row.n == 2
+    assert row.stats["val/AP"][0] == pytest.approx(0.4)
+    assert [(j.name, j.status) for j in report.problems] == [("sweep/1", "unfinished"), ("sweep/2", "unfinished")]
+    running, preempted = report.problems
+    assert not running.metrics and not preempted.metrics
+    assert running.error == "status.json says 'running'; last log line: train.log: Epoch 3:  20% 1/5"
+    assert preempted.error == "status.json says 'preempted' (SIGUSR2)"
+    failures = report.markdown().split("## Failed or unfinished jobs (2)")[1]
+    assert "| `sweep/1` | unfinished |" in failures and "| `sweep/2` | unfinished |" in failures
+
+
 def test_params_and_gflops_are_bapose_profile_numbers_of_each_jobs_config(tmp_path):
     from omegaconf import OmegaConf
 

@@ -4,8 +4,10 @@ A run folder (a single run, or job ``<num>/`` of a Hydra multirun) says everythi
 
 * ``.hydra/overrides.yaml`` (else ``status.json``'s ``overrides``): the job's swept values, parsed with Hydra's
   own override grammar;
-* ``metrics.json``: its numbers (``val/AP``, ..., ``train_seconds``); written when the run finished;
-* ``status.json``: running / finished / failed / interrupted / preempted, with the error line of a failure;
+* ``status.json``: running / finished / failed / interrupted / preempted, with the error line of a failure; it
+  decides whether the job is finished (a resumed run keeps the ``metrics.json`` of an earlier attempt);
+* ``metrics.json``: its numbers (``val/AP``, ..., ``train_seconds``), read when ``status.json`` says finished or
+  there is no ``status.json`` (a run folder older than it);
 * ``.hydra/config.yaml``: its config (the model and input size for the params / GFLOPs columns);
 * ``<task>.log``: Hydra's log, whose last line says where an unfinished job stopped.
 """
@@ -33,8 +35,8 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 class Job:
     """One job of a sweep.
 
-    ``status``: ``finished`` | ``failed`` | ``interrupted`` | ``unfinished`` | ``no metric`` (finished without the
-    report's metric). ``overrides``: swept key -> value (None when the job does not say what it overrode); ``config``:
+    ``status``: ``finished`` | ``failed`` | ``interrupted`` | ``unfinished`` (running, preempted, or no readable
+    metrics) | ``no metric`` (finished without the report's metric). ``overrides``: swept key -> value (None when the job does not say what it overrode); ``config``:
     its config (for params / GFLOPs, and the swept keys when there are no overrides); ``error``: why it is not in the
     table (failure line, or the last line of its log).
     """
@@ -139,15 +141,18 @@ def read_run_folder(path: Path, name: str | None = None) -> Job:
         job.status = state
         job.error = said or _log_tail(path) or f"status.json says '{state}' (no error line)"
         return job
-    if (path / METRICS_FILE).is_file():
+    # status.json decides: a resumed run (running, preempted) keeps the metrics.json of an earlier attempt, which
+    # are not its numbers; only a run folder older than status.json is judged by its metrics.json alone
+    if problem or state not in (None, "finished"):
+        problem = problem or f"status.json says '{state}'" + (f" ({said})" if said else "")
+    elif (path / METRICS_FILE).is_file():
         metrics, bad = _read_json(path / METRICS_FILE)
         if isinstance(metrics, dict):
             job.status, job.metrics = "finished", numeric_metrics(metrics)
             return job
         problem = bad or f"{METRICS_FILE} holds a {type(metrics).__name__}; expected a JSON object"
     if not problem:
-        problem = (f"status.json says '{state}'" + (f" ({said})" if said else "") if state else "no status.json") \
-            + f", no {METRICS_FILE}"
+        problem = (f"status.json says '{state}'" if state else "no status.json") + f", no {METRICS_FILE}"
     tail = _log_tail(path)
     job.error = f"{problem}; last log line: {tail}" if tail else problem
     return job
