@@ -22,11 +22,10 @@ from typing import Any
 from bapose.errors import DataError
 from bapose.io import read_json_object, read_json_or_empty
 from bapose.report.values import last_line, natural, numeric_metrics
-from bapose.utils.run_files import STATUS_FILE
+from bapose.utils.run_files import METRICS_FILE, STATUS_FILE
 
 __all__ = ["Job", "find_local_jobs", "is_run_folder", "parse_overrides", "read_run_folder"]
 
-METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
