@@ -246,6 +246,13 @@ class FakeRun:
         self.url = f"https://wandb.ai/me/bapose/runs/{run_id}"
 
 
+class UnreachableSummary:
+    """The summary of a lazily listed run whose fetch fails (the server cannot be reached)."""
+
+    def keys(self):
+        raise ConnectionError("HTTPSConnectionPool(host='api.wandb.ai'): Max retries exceeded")
+
+
 class FakeApi:
     """``wandb.Api``'s shape: ``runs(path, filters=...)`` and ``sweep(path).runs``."""
 
@@ -279,6 +286,13 @@ def test_report_of_a_wandb_group_and_sweep_through_the_public_api_shape(tmp_path
     assert api.calls[-1] == ("sweep", "me/bapose/abc123", None) and len(sweep.rows) == 2
     with pytest.raises(ConfigError, match="expected wandb:ENTITY/PROJECT"):
         sweep_report(["wandb:only-entity"], api=api)
+    # a listed run is lazy: a network error while its summary is fetched is the query's one line; overrides that do
+    # not parse name the run, not a failed query
+    with pytest.raises(DataError, match=r"W&B query failed \(ConnectionError: HTTPSConnectionPool"):
+        sweep_report(["wandb:me/bapose/groups/train-sweep1"],
+                     api=FakeApi([FakeRun("r1", "finished", [], UnreachableSummary())]))
+    with pytest.raises(DataError, match=r"^W&B run r1 \(config 'hydra_overrides'\): cannot parse"):
+        sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=FakeApi([FakeRun("r1", "finished", ["[x"], {})]))
 
 
 def test_a_sweep_through_the_wandb_api_gives_the_table_of_its_run_folders(tmp_path):

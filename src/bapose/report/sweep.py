@@ -22,9 +22,10 @@ def find_jobs(sources: Sequence[str | Path], api: Any = None) -> list[Job]:
     jobs: list[Job] = []
     seen: set[str] = set()
     for source in sources:
-        found = read_wandb_online(str(source), api=api) if is_wandb_spec(source) else find_local_jobs(source)
+        online = is_wandb_spec(source)
+        found = read_wandb_online(str(source), api=api) if online else find_local_jobs(source)
         for job in found:
-            key = job.name if is_wandb_spec(source) else str(Path(job.source).resolve())  # W&B: entity/project/id
+            key = job.name if online else str(Path(job.source).resolve())  # W&B: entity/project/id
             if key not in seen:
                 seen.add(key)
                 jobs.append(job)
