@@ -239,9 +239,9 @@ def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys
 class FakeRun:
     """The public attributes of ``wandb.apis.public.Run`` the report reads (``summary``: a mapping)."""
 
-    def __init__(self, run_id, state, overrides, summary, config=None, group="train-sweep1"):
-        self.id, self.name, self.state, self.group = run_id, f"{run_id}-name", state, group
-        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}, **(config or {})}
+    def __init__(self, run_id, state, overrides, summary):
+        self.id, self.name, self.state = run_id, f"{run_id}-name", state
+        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}}
         self.summary = summary
         self.url = f"https://wandb.ai/me/bapose/runs/{run_id}"
 
@@ -296,20 +296,35 @@ def test_report_of_a_wandb_group_and_sweep_through_the_public_api_shape(tmp_path
 
 
 def test_a_sweep_through_the_wandb_api_gives_the_table_of_its_run_folders(tmp_path):
-    """What a bapose-train sweep puts on the W&B server (the overrides in the run config, the numbers in the summary,
-    the state) reads as the same table as its run folders."""
+    """What a bapose-train sweep puts on the W&B server (the overrides in the run config, the state, a summary of the
+    logged ``val/*`` / ``test/*`` numbers and W&B's own keys) reads as the table of its run folders. The summary has
+    no ``train_seconds`` (only metrics.json does): the time column is W&B's ``_runtime``, which counts from
+    ``wandb.init`` to the end of the run, not train()'s clock."""
     sweep = tmp_path / "sweep"
     fixture_sweep(sweep)
-    runs = []
+    runs, runtimes = [], {}
     for job in sorted(sweep.iterdir(), key=lambda p: int(p.name)):
         status = json.loads((job / "status.json").read_text())
-        metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").is_file() else {}
         state = {"finished": "finished", "failed": "failed"}.get(status["status"], "running")
-        runs.append(FakeRun(f"r{job.name}", state, status["overrides"], metrics))
-    api = FakeApi(runs)
-    online = sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=api, cost=False)
+        run_id = f"r{job.name}"
+        runtimes[run_id] = 5.0 + 2 * int(job.name)
+        summary = {"_runtime": runtimes[run_id], "_step": 3, "_timestamp": 1767225600.0 + int(job.name)}
+        if state == "running":
+            summary["val/AP"] = 0.9  # logged at a validation during fit: not a result yet
+        if state == "finished":  # the last logged val/* and test/* (the final evaluation), epoch and step
+            metrics = json.loads((job / "metrics.json").read_text())
+            summary.update({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})
+            summary.update({"epoch": 0, "trainer/global_step": metrics["global_step"], "train/loss_epoch": 1.25,
+                            "final/AP_table": {"_type": "table-file", "path": "media/table/final/AP_table_7.json"}})
+        runs.append(FakeRun(run_id, state, status["overrides"], summary))
+    online = sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=FakeApi(runs), cost=False)
     local = sweep_report([sweep], cost=False)
-    assert table_rows(online.markdown()) == table_rows(local.markdown()) and len(online.rows) == 4
+    # every column but the time: the swept values, AP ± std, n
+    assert [row[:-1] for row in table_rows(online.markdown())] == [row[:-1] for row in table_rows(local.markdown())]
+    assert len(online.rows) == 4 and table_rows(online.markdown())[0][-1] == "train time"
+    for row in online.rows:
+        ids = [j.source.rsplit("/", 1)[-1] for j in row.jobs]
+        assert len(ids) == 2 and row.train_seconds == pytest.approx(statistics.fmean(runtimes[i] for i in ids))
     assert [(j.status, j.error) for j in online.problems] == [
         ("failed", "W&B state 'failed'"), ("unfinished", "W&B state 'running'")]
 
