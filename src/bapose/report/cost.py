@@ -30,13 +30,6 @@ def _model_and_size(job: Job) -> tuple[dict[str, Any], Any] | None:
         return None
 
 
-def _count(model: dict[str, Any], size: Any) -> tuple[float, float]:
-    from bapose.models import config_cost
-
-    cost = config_cost(model, size)  # the architecture only: no hub weights, no init_from checkpoint (may be gone)
-    return cost.params_m, cost.gmacs
-
-
 def job_cost(job: Job) -> tuple[float, float] | None:
     """``(params in M, GFLOPs)`` of the job's model at its ``data.input_size``, or None when its config does not say
     (or this version cannot build that model: the columns show ``-``). Counted once per distinct configuration."""
@@ -45,8 +38,11 @@ def job_cost(job: Job) -> tuple[float, float] | None:
         return None
     key = ident(list(found))
     if key not in _CACHE:
-        try:
-            _CACHE[key] = _count(*found)
+        from bapose.models import config_cost
+
+        try:  # the architecture only: no hub weights, no init_from checkpoint to read (it may be gone)
+            cost = config_cost(*found)
+            _CACHE[key] = cost.params_m, cost.gmacs
         except Exception:  # noqa: BLE001 - a model this version cannot build: the column shows '-'
             _CACHE[key] = None
     return _CACHE[key]
