@@ -142,6 +142,28 @@ def test_report_of_several_sweeps_and_single_run_folders_with_crowdpose_columns(
     assert header[2:6] == ["AP", "AP easy", "AP medium", "AP hard"] and "AP50" not in header
 
 
+def test_status_json_decides_a_resumed_or_preempted_run_with_old_metrics_is_unfinished(tmp_path):
+    """A resumed run (status.json ``running``) or one stopped for a requeue (``preempted``) keeps the metrics.json of
+    an earlier attempt: those numbers are not its result. Only ``finished``, or no status.json at all (a run folder
+    older than it), lets metrics.json into the table."""
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["seed=1"], {"val/AP": 0.5})
+    make_job(sweep, 1, ["seed=2"], {"val/AP": 0.9}, status="running", log="Epoch 3:  20% 1/5\n")
+    make_job(sweep, 2, ["seed=3"], {"val/AP": 0.8}, status="preempted", error="SIGUSR2")
+    (make_job(sweep, 3, ["seed=4"], {"val/AP": 0.3}) / "status.json").unlink()
+    report = sweep_report([sweep], cost=False)
+    ((row),) = report.rows
+    assert sorted(j.name for j in row.jobs) == ["sweep/0", "sweep/3"] and row.n == 2
+    assert row.stats["val/AP"][0] == pytest.approx(0.4)
+    assert [(j.name, j.status) for j in report.problems] == [("sweep/1", "unfinished"), ("sweep/2", "unfinished")]
+    running, preempted = report.problems
+    assert not running.metrics and not preempted.metrics
+    assert running.error == "status.json says 'running'; last log line: train.log: Epoch 3:  20% 1/5"
+    assert preempted.error == "status.json says 'preempted' (SIGUSR2)"
+    failures = report.markdown().split("## Failed or unfinished jobs (2)")[1]
+    assert "| `sweep/1` | unfinished |" in failures and "| `sweep/2` | unfinished |" in failures
+
+
 def test_params_and_gflops_are_bapose_profile_numbers_of_each_jobs_config(tmp_path):
     from omegaconf import OmegaConf
 
@@ -205,8 +227,8 @@ def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys
     assert [r.stats["val/AP"][0] for r in report.rows] == [0.5]
     ((bad_job),) = report.problems
     assert bad_job.name == "broken_sweep/1" and bad_job.status == "unfinished"
-    assert bad_job.error.startswith("unreadable metrics.json (JSONDecodeError") and "expected a JSON object" in \
-        bad_job.error
+    assert bad_job.error.startswith(f"file '{broken / '1' / 'metrics.json'}': not valid JSON (Expecting") and \
+        bad_job.error.endswith("expected the run's metrics JSON") and "\n" not in bad_job.error
     (broken / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- [unclosed\n")
     with pytest.raises(SystemExit) as e:
         report_main([str(broken)])
@@ -217,11 +239,18 @@ def test_bad_input_gets_one_line_naming_the_folder(tmp_path, monkeypatch, capsys
 class FakeRun:
     """The public attributes of ``wandb.apis.public.Run`` the report reads (``summary``: a mapping)."""
 
-    def __init__(self, run_id, state, overrides, summary, config=None, group="train-sweep1"):
-        self.id, self.name, self.state, self.group = run_id, f"{run_id}-name", state, group
-        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}, **(config or {})}
+    def __init__(self, run_id, state, overrides, summary):
+        self.id, self.name, self.state = run_id, f"{run_id}-name", state
+        self.config = {"hydra_overrides": overrides, "model": {"backbone": "hrnet_w18_small"}}
         self.summary = summary
         self.url = f"https://wandb.ai/me/bapose/runs/{run_id}"
+
+
+class UnreachableSummary:
+    """The summary of a lazily listed run whose fetch fails (the server cannot be reached)."""
+
+    def keys(self):
+        raise ConnectionError("HTTPSConnectionPool(host='api.wandb.ai'): Max retries exceeded")
 
 
 class FakeApi:
@@ -257,23 +286,45 @@ def test_report_of_a_wandb_group_and_sweep_through_the_public_api_shape(tmp_path
     assert api.calls[-1] == ("sweep", "me/bapose/abc123", None) and len(sweep.rows) == 2
     with pytest.raises(ConfigError, match="expected wandb:ENTITY/PROJECT"):
         sweep_report(["wandb:only-entity"], api=api)
+    # a listed run is lazy: a network error while its summary is fetched is the query's one line; overrides that do
+    # not parse name the run, not a failed query
+    with pytest.raises(DataError, match=r"W&B query failed \(ConnectionError: HTTPSConnectionPool"):
+        sweep_report(["wandb:me/bapose/groups/train-sweep1"],
+                     api=FakeApi([FakeRun("r1", "finished", [], UnreachableSummary())]))
+    with pytest.raises(DataError, match=r"^W&B run r1 \(config 'hydra_overrides'\): cannot parse"):
+        sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=FakeApi([FakeRun("r1", "finished", ["[x"], {})]))
 
 
 def test_a_sweep_through_the_wandb_api_gives_the_table_of_its_run_folders(tmp_path):
-    """What a bapose-train sweep puts on the W&B server (the overrides in the run config, the numbers in the summary,
-    the state) reads as the same table as its run folders."""
+    """What a bapose-train sweep puts on the W&B server (the overrides in the run config, the state, a summary of the
+    logged ``val/*`` / ``test/*`` numbers and W&B's own keys) reads as the table of its run folders. The summary has
+    no ``train_seconds`` (only metrics.json does): the time column is W&B's ``_runtime``, which counts from
+    ``wandb.init`` to the end of the run, not train()'s clock."""
     sweep = tmp_path / "sweep"
     fixture_sweep(sweep)
-    runs = []
+    runs, runtimes = [], {}
     for job in sorted(sweep.iterdir(), key=lambda p: int(p.name)):
         status = json.loads((job / "status.json").read_text())
-        metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").is_file() else {}
         state = {"finished": "finished", "failed": "failed"}.get(status["status"], "running")
-        runs.append(FakeRun(f"r{job.name}", state, status["overrides"], metrics))
-    api = FakeApi(runs)
-    online = sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=api, cost=False)
+        run_id = f"r{job.name}"
+        runtimes[run_id] = 5.0 + 2 * int(job.name)
+        summary = {"_runtime": runtimes[run_id], "_step": 3, "_timestamp": 1767225600.0 + int(job.name)}
+        if state == "running":
+            summary["val/AP"] = 0.9  # logged at a validation during fit: not a result yet
+        if state == "finished":  # the last logged val/* and test/* (the final evaluation), epoch and step
+            metrics = json.loads((job / "metrics.json").read_text())
+            summary.update({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})
+            summary.update({"epoch": 0, "trainer/global_step": metrics["global_step"], "train/loss_epoch": 1.25,
+                            "final/AP_table": {"_type": "table-file", "path": "media/table/final/AP_table_7.json"}})
+        runs.append(FakeRun(run_id, state, status["overrides"], summary))
+    online = sweep_report(["wandb:me/bapose/groups/train-sweep1"], api=FakeApi(runs), cost=False)
     local = sweep_report([sweep], cost=False)
-    assert table_rows(online.markdown()) == table_rows(local.markdown()) and len(online.rows) == 4
+    # every column but the time: the swept values, AP ± std, n
+    assert [row[:-1] for row in table_rows(online.markdown())] == [row[:-1] for row in table_rows(local.markdown())]
+    assert len(online.rows) == 4 and table_rows(online.markdown())[0][-1] == "train time"
+    for row in online.rows:
+        ids = [j.source.rsplit("/", 1)[-1] for j in row.jobs]
+        assert len(ids) == 2 and row.train_seconds == pytest.approx(statistics.fmean(runtimes[i] for i in ids))
     assert [(j.status, j.error) for j in online.problems] == [
         ("failed", "W&B state 'failed'"), ("unfinished", "W&B state 'running'")]
 
@@ -354,7 +405,9 @@ def test_real_2x2_sweep_with_two_seeds_and_a_failed_job(tmp_path):
     assert "data.input_size=63" in failures
     csv_text = (tmp_path / "report" / "report.csv").read_text()
 
-    # issue 22: W&B absent gives the same report, byte for byte (wandb not importable, the runs' W&B folders gone)
+    # issue 22: the same report, byte for byte, with W&B absent. W&B absent is wandb not importable in the report's
+    # process (a machine without wandb): that is the real check. Deleting the runs' wandb/ folders as well shows only
+    # that the report never reads W&B's local files (the same bytes without them)
     with pytest.raises(DataError, match="W&B run folder.*'.*sweep/0'"):  # W&B's own files are not a source
         sweep_report(sorted(sweep.glob("0/wandb/offline-run-*")), cost=False)
     for folder in sweep.glob("*/wandb"):

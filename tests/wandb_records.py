@@ -64,7 +64,7 @@ class WandbRun:
 
     @cached_property
     def state(self) -> dict[str, Any]:
-        """W&B's summary view: ``config``, ``summary``, ``exit_code`` (None: no exit record), ``name``, ``run_id``."""
+        """W&B's summary view: ``config``, ``summary``, ``name``, ``run_id``, ... (W&B's merge of the records)."""
         return json.loads(_inspect(self.log, "--summary", "--json"))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -84,11 +84,9 @@ class WandbRun:
         return self.state["summary"]
 
     @property
-    def exit_code(self) -> int | None:
-        return self.state["exit_code"]
-
-    @property
     def exit_codes(self) -> list[int]:
+        """The exit code of each exit record, in order: ``[0]`` a run that ended well, ``[]`` a log cut short (the
+        process was killed), one per attempt of a resumed run."""
         return [int(e.get("exit_code", 0)) for e in self.of("exit")]  # proto3: a 0 may be left out
 
     @property

@@ -10,12 +10,11 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from bapose import paths
-from bapose.models import build_model
+from bapose.models import build_model, config_cost
 from bapose.models.bapose import input_hw
-from bapose.utils.flops import model_cost
 
 
 def measure_latency_ms(net: torch.nn.Module, images: torch.Tensor, repeats: int, warmup: int = 1) -> float:
@@ -51,16 +50,11 @@ def profile(cfg: DictConfig, output_dir: str | Path | None = None, model_name: s
     ``cfg.repeats`` forwards of a ``(batch_size, 3, H, W)`` batch (None when ``repeats`` is 0).
     """
     h, w = input_hw(cfg.data.input_size)
-    model_cfg = cfg.model.copy()
-    with open_dict(model_cfg):
-        model_cfg.pretrained = False  # offline: shapes and timings do not depend on the weights
-
-    with torch.device("meta"):  # shapes only: the counts need no memory and no init time
-        cost = model_cost(build_model(model_cfg), (1, 3, h, w))
+    cost = config_cost(cfg.model, (h, w))
     latency = None
     if int(cfg.repeats) > 0:
         device = torch.device(cfg.device)
-        net = build_model(model_cfg).to(device)
+        net = build_model(cfg.model, pretrained=False).to(device)  # offline: timings do not depend on the weights
         images = torch.rand(int(cfg.batch_size), 3, h, w, device=device)
         threads = torch.get_num_threads()
         torch.set_num_threads(int(cfg.threads))

@@ -9,9 +9,10 @@ Where jobs come from (any mix, several at once):
 
 * run folders of ``bapose-train`` (:mod:`~bapose.report.jobs`): a Hydra multirun folder (``<sweep>/<job num>/``), a
   single run folder, or any folder above them, read from the files bapose writes: the swept values from
-  ``.hydra/overrides.yaml`` (else ``status.json``), the numbers from ``metrics.json``, the state from ``status.json``
-  (finished / failed with the error line / running), the model from ``.hydra/config.yaml``. Whether the sweep logged
-  to W&B or not, and whether wandb is installed, changes nothing: W&B's local files are never read;
+  ``.hydra/overrides.yaml`` (else ``status.json``), the state from ``status.json`` (finished / failed with the error
+  line / running / preempted), the numbers from ``metrics.json`` of a finished job (a resumed run keeps an earlier
+  attempt's), the model from ``.hydra/config.yaml``. Whether the sweep logged to W&B or not, and whether wandb is
+  installed, changes nothing: W&B's local files are never read;
 * a W&B group or sweep on a W&B server (:mod:`~bapose.report.wandb_api`), ``wandb:ENTITY/PROJECT/groups/NAME`` (a
   ``bapose-train -m`` sweep is one group) or ``wandb:ENTITY/PROJECT/sweeps/ID`` (``https://wandb.ai/...`` URLs work
   too), through W&B's public API, ``wandb.Api``.

@@ -8,7 +8,7 @@ from typing import Any
 from bapose.report.jobs import Job
 from bapose.report.values import ident
 
-__all__ = ["model_cost"]
+__all__ = ["job_cost"]
 
 _CACHE: dict[str, tuple[float, float] | None] = {}
 
@@ -30,22 +30,7 @@ def _model_and_size(job: Job) -> tuple[dict[str, Any], Any] | None:
         return None
 
 
-def _count(model: dict[str, Any], size: Any) -> tuple[float, float]:
-    import torch
-
-    from bapose.models import build_model
-    from bapose.models.bapose import input_hw
-    from bapose.utils.flops import model_cost as count
-
-    h, w = input_hw(size)
-    # the architecture only: no hub weights, no init_from checkpoint to read (it may be gone)
-    model_cfg = {k: v for k, v in model.items() if k not in ("pretrained", "init_from")}
-    with torch.device("meta"):
-        cost = count(build_model(model_cfg, pretrained=False), (1, 3, h, w))
-    return cost.params_m, cost.gmacs
-
-
-def model_cost(job: Job) -> tuple[float, float] | None:
+def job_cost(job: Job) -> tuple[float, float] | None:
     """``(params in M, GFLOPs)`` of the job's model at its ``data.input_size``, or None when its config does not say
     (or this version cannot build that model: the columns show ``-``). Counted once per distinct configuration."""
     found = _model_and_size(job)
@@ -53,8 +38,11 @@ def model_cost(job: Job) -> tuple[float, float] | None:
         return None
     key = ident(list(found))
     if key not in _CACHE:
-        try:
-            _CACHE[key] = _count(*found)
+        from bapose.models import config_cost
+
+        try:  # the architecture only: no hub weights, no init_from checkpoint to read (it may be gone)
+            cost = config_cost(*found)
+            _CACHE[key] = cost.params_m, cost.gmacs
         except Exception:  # noqa: BLE001 - a model this version cannot build: the column shows '-'
             _CACHE[key] = None
     return _CACHE[key]

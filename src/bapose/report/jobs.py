@@ -4,27 +4,28 @@ A run folder (a single run, or job ``<num>/`` of a Hydra multirun) says everythi
 
 * ``.hydra/overrides.yaml`` (else ``status.json``'s ``overrides``): the job's swept values, parsed with Hydra's
   own override grammar;
-* ``metrics.json``: its numbers (``val/AP``, ..., ``train_seconds``); written when the run finished;
-* ``status.json``: running / finished / failed / interrupted / preempted, with the error line of a failure;
+* ``status.json``: running / finished / failed / interrupted / preempted, with the error line of a failure; it
+  decides whether the job is finished (a resumed run keeps the ``metrics.json`` of an earlier attempt);
+* ``metrics.json``: its numbers (``val/AP``, ..., ``train_seconds``), read when ``status.json`` says finished or
+  there is no ``status.json`` (a run folder older than it);
 * ``.hydra/config.yaml``: its config (the model and input size for the params / GFLOPs columns);
 * ``<task>.log``: Hydra's log, whose last line says where an unfinished job stopped.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bapose.errors import DataError
+from bapose.io import read_json_object, read_json_or_empty
 from bapose.report.values import last_line, natural, numeric_metrics
-from bapose.utils.run_files import STATUS_FILE
+from bapose.utils.run_files import METRICS_FILE, STATUS_FILE
 
 __all__ = ["Job", "find_local_jobs", "is_run_folder", "parse_overrides", "read_run_folder"]
 
-METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
@@ -33,8 +34,8 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 class Job:
     """One job of a sweep.
 
-    ``status``: ``finished`` | ``failed`` | ``interrupted`` | ``unfinished`` | ``no metric`` (finished without the
-    report's metric). ``overrides``: swept key -> value (None when the job does not say what it overrode); ``config``:
+    ``status``: ``finished`` | ``failed`` | ``interrupted`` | ``unfinished`` (running, preempted, or no readable
+    metrics) | ``no metric`` (finished without the report's metric). ``overrides``: swept key -> value (None when the job does not say what it overrode); ``config``:
     its config (for params / GFLOPs, and the swept keys when there are no overrides); ``error``: why it is not in the
     table (failure line, or the last line of its log).
     """
@@ -80,15 +81,7 @@ def parse_overrides(lines: Iterable[Any], source: str = "") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ one run folder
-def _read_json(path: Path) -> tuple[Any, str]:
-    """``(content, '')``, or ``(None, why it could not be read)`` naming the file."""
-    try:
-        return json.loads(path.read_text()), ""
-    except (OSError, ValueError) as e:
-        return None, f"unreadable {path.name} ({type(e).__name__}: {last_line(str(e))}; expected a JSON object)"
-
-
-def _read_overrides(path: Path, status: Any) -> dict[str, Any] | None:
+def _read_overrides(path: Path, status: dict[str, Any]) -> dict[str, Any] | None:
     """The swept values: ``.hydra/overrides.yaml``, else the ``overrides`` list ``status.json`` keeps."""
     file = path / OVERRIDES_FILE
     if file.is_file():
@@ -103,7 +96,7 @@ def _read_overrides(path: Path, status: Any) -> dict[str, Any] | None:
             raise DataError(f"file '{file}': holds a {type(lines).__name__}; expected the YAML list of the job's "
                             f"Hydra overrides")
         return parse_overrides(lines, str(file))
-    if isinstance(status, dict) and isinstance(status.get("overrides"), list):
+    if isinstance(status.get("overrides"), list):
         return parse_overrides(status["overrides"], f"{path / STATUS_FILE} (field 'overrides')")
     return None
 
@@ -127,27 +120,28 @@ def is_run_folder(path: Path) -> bool:
 def read_run_folder(path: Path, name: str | None = None) -> Job:
     """A job from a ``bapose-train`` run folder (see the module docstring for what is read)."""
     job = Job(name=name or str(path), source=str(path), status="unfinished")
-    status, problem = (None, "")
-    if (path / STATUS_FILE).is_file():
-        status, problem = _read_json(path / STATUS_FILE)
+    status = read_json_or_empty(path / STATUS_FILE)  # {}: none (a run folder older than it), or unreadable
     job.overrides = _read_overrides(path, status)
     if (path / CONFIG_FILE).is_file():
         job.config_file = str(path / CONFIG_FILE)  # loaded only when needed
-    state = status.get("status") if isinstance(status, dict) else None
-    said = str(status.get("error") or "") if isinstance(status, dict) else ""
+    state = status.get("status")
+    said = str(status.get("error") or "")
     if state in ("failed", "interrupted"):
         job.status = state
         job.error = said or _log_tail(path) or f"status.json says '{state}' (no error line)"
         return job
-    if (path / METRICS_FILE).is_file():
-        metrics, bad = _read_json(path / METRICS_FILE)
-        if isinstance(metrics, dict):
+    # status.json decides: a resumed run (running, preempted) keeps the metrics.json of an earlier attempt, which
+    # are not its numbers; only a run folder older than status.json is judged by its metrics.json alone
+    if state in (None, "finished"):
+        try:
+            metrics = read_json_object(path / METRICS_FILE, "the run's metrics JSON")
+        except (DataError, OSError) as e:  # one line naming the file: the job is listed with it
+            problem = ("" if state else "no status.json; ") + str(e)
+        else:
             job.status, job.metrics = "finished", numeric_metrics(metrics)
             return job
-        problem = bad or f"{METRICS_FILE} holds a {type(metrics).__name__}; expected a JSON object"
-    if not problem:
-        problem = (f"status.json says '{state}'" + (f" ({said})" if said else "") if state else "no status.json") \
-            + f", no {METRICS_FILE}"
+    else:
+        problem = f"status.json says '{state}'" + (f" ({said})" if said else "")
     tail = _log_tail(path)
     job.error = f"{problem}; last log line: {tail}" if tail else problem
     return job

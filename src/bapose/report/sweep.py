@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bapose.errors import ConfigError, DataError
-from bapose.report.cost import model_cost
+from bapose.report.cost import job_cost
 from bapose.report.jobs import Job, find_local_jobs
 from bapose.report.table import SweepReport, count_text, group_rows, metric_columns, sort_rows
 from bapose.report.wandb_api import is_wandb_spec, read_wandb_online
@@ -22,9 +22,10 @@ def find_jobs(sources: Sequence[str | Path], api: Any = None) -> list[Job]:
     jobs: list[Job] = []
     seen: set[str] = set()
     for source in sources:
-        found = read_wandb_online(str(source), api=api) if is_wandb_spec(source) else find_local_jobs(source)
+        online = is_wandb_spec(source)
+        found = read_wandb_online(str(source), api=api) if online else find_local_jobs(source)
         for job in found:
-            key = job.name if is_wandb_spec(source) else str(Path(job.source).resolve())  # W&B: entity/project/id
+            key = job.name if online else str(Path(job.source).resolve())  # W&B: entity/project/id
             if key not in seen:
                 seen.add(key)
                 jobs.append(job)
@@ -81,7 +82,7 @@ def sweep_report(sources: Sequence[str | Path] | str | Path, out_dir: str | Path
     columns = metric_columns(metric, with_metric)
     rows, keys, folded = group_rows(with_metric, fold, columns)
     for r in rows if cost else []:
-        r.params_m, r.gflops = model_cost(r.jobs[0]) or (None, None)
+        r.params_m, r.gflops = job_cost(r.jobs[0]) or (None, None)
     pick = max if higher_is_better else min
     pick(rows, key=lambda r: r.stats[metric][0]).best = True
     rows, sort_name, descending = sort_rows(rows, sort or "metric", metric, keys, columns, descending,

@@ -38,19 +38,11 @@ def _default_api(spec: str) -> Any:
                         f"bapose-train sweep / run folders instead") from None
 
 
-def _summary(run: Any) -> dict[str, Any]:
-    """``run.summary`` as a plain dict (the public API's summary is a mapping with ``keys()`` and ``[]``)."""
-    summary = run.summary
-    return {k: summary[k] for k in summary.keys()} if summary is not None else {}
-
-
-def _job(run: Any, entity: str, project: str, spec: str) -> Job:
-    config = dict(run.config or {})
+def _job(run: Any, config: dict[str, Any], summary: dict[str, Any], entity: str, project: str, spec: str) -> Job:
     job = Job(name=f"{entity}/{project}/{run.id} ({run.name})", source=str(getattr(run, "url", "") or spec),
               status="unfinished", config=config)
     if isinstance(config.get("hydra_overrides"), list):
         job.overrides = parse_overrides(config["hydra_overrides"], f"W&B run {run.id} (config 'hydra_overrides')")
-    summary = _summary(run)
     state = str(run.state).lower()
     if state == "finished":
         job.status, job.metrics = "finished", numeric_metrics(summary)
@@ -76,14 +68,15 @@ def read_wandb_online(spec: str, api: Any = None) -> list[Job]:
     api = _default_api(spec) if api is None else api
     try:
         if kind == "sweeps":
-            runs = list(api.sweep(f"{entity}/{project}/{name}").runs)
+            runs = api.sweep(f"{entity}/{project}/{name}").runs
         else:
-            runs = list(api.runs(f"{entity}/{project}", filters={"group": name}))
-        jobs = [_job(run, entity, project, spec) for run in runs]
-    except (ConfigError, DataError):
-        raise
+            runs = api.runs(f"{entity}/{project}", filters={"group": name})
+        # the pages of runs, and each (lazily listed) run's config and summary, are fetched here; the summary (an
+        # HTTPSummary) gives dict() its keys() and []
+        fetched = [(run, dict(run.config or {}), dict(run.summary)) for run in runs]
     except Exception as e:  # noqa: BLE001 - wandb.errors.CommError and friends (also raised while paging)
         raise DataError(f"'{spec}': W&B query failed ({type(e).__name__}: {last_line(str(e))})") from None
+    jobs = [_job(run, config, summary, entity, project, spec) for run, config, summary in fetched]
     if not jobs:
         raise DataError(f"'{spec}': no W&B runs in this {'sweep' if kind == 'sweeps' else 'group'}; expected the runs "
                         f"of a bapose-train sweep")

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bapose.io import write_json
+from bapose.utils.run_files import METRICS_FILE
 from bapose.utils.tables import format_metrics_table
 from bapose.build import build_datamodule
 from bapose.checkpoints.io import load_checkpoint_safely
@@ -85,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         out_dir = Path(cfg.paths.output_dir)
         write_json(out_dir / "results.json", module.results)
-        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / METRICS_FILE, metrics)
         print(format_metrics_table(stats, f"{split} AP of {path} (flip={flip}, scales={scales}, "
                                                f"{len(module.results)} people)"), flush=True)
         print(f"run folder: {out_dir} (results.json, metrics.json)", flush=True)

@@ -16,7 +16,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from bapose.io import write_json
-from bapose.utils.run_files import RunPreempted, finish_loggers
+from bapose.utils.run_files import METRICS_FILE, RunPreempted, finish_loggers
 from bapose.utils.tables import format_metrics_table
 from bapose.build import build_datamodule, build_module, instantiate_checked, instantiate_list
 from bapose.training import preemption, resume, runs
@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     print(format_metrics_table(module.last_metrics[split], title), flush=True)
             for table in rescored_tables(metrics):
                 print(table, flush=True)
-            write_json(out_dir / "metrics.json", metrics)
+            write_json(out_dir / METRICS_FILE, metrics)
             write_json(out_dir / "val_results.json", val_results)
             png = save_prediction_image(module, getattr(datamodule, "val_dataset", None),
                                         out_dir / "val_predictions.png", int(cfg.draw_images or 0))

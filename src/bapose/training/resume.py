@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bapose.io import read_json_or_empty as read_json
 from bapose.utils.naming import process_rank
-from bapose.utils.run_files import create_run_record, new_run_record, read_run_record, write_run_record
+from bapose.utils.run_files import METRICS_FILE, create_run_record, new_run_record, read_run_record, write_run_record
 from bapose.errors import ConfigError
 from bapose.checkpoints.io import SAFE_GLOBALS
 
@@ -194,7 +194,7 @@ def begin_run(cfg: DictConfig) -> dict[str, Any] | None:
     done = record.get("finished")
     if done and not bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False)):
         if _schedule_done(done, cfg.trainer):
-            metrics = read_json(out / "metrics.json")
+            metrics = read_json(out / METRICS_FILE)
             msg = (f"run folder '{out}' finished on {done.get('ended', '?')} at epoch {done.get('epoch')}, global "
                    f"step {done.get('global_step')}: nothing to train with trainer.max_epochs="
                    f"{OmegaConf.select(cfg, 'trainer.max_epochs')}; its results stay in metrics.json (not "

@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bapose.io import read_json_or_empty as read_json, write_json
 from bapose.utils.naming import process_rank, run_group, run_name, task_overrides
-from bapose.utils.run_files import STATUS_FILE, error_line, run_status
+from bapose.utils.run_files import METRICS_FILE, STATUS_FILE, error_line, run_status
 from bapose.errors import BAPoseError, ConfigError, exit_on_error
 from bapose.training.resume import resolve_ckpt_path
 
@@ -404,7 +404,7 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], prog:
                                                          "processes": nprocs})
             write_rank_config(cfg, out_dir)
             launch_job_processes(nprocs, module, out_dir)
-            return optimized_metric(cfg, read_json(out_dir / "metrics.json"))
+            return optimized_metric(cfg, read_json(out_dir / METRICS_FILE))
         with run_status(out_dir, task_name, overrides, write=process_rank() == 0) as status:
             metrics = task(cfg) if sweep else exit_on_error(prog, lambda: task(cfg))
             status["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -25,8 +25,8 @@ from bapose.io import write_json
 
 log = logging.getLogger("bapose")
 
-__all__ = ["RUN_RECORD", "STATUS_FILE", "RunPreempted", "create_run_record", "error_line", "finish_loggers",
-           "new_run_record", "read_run_record", "run_status", "run_wandb_id", "write_run_record"]
+__all__ = ["METRICS_FILE", "RUN_RECORD", "STATUS_FILE", "RunPreempted", "create_run_record", "error_line",
+           "finish_loggers", "new_run_record", "read_run_record", "run_status", "run_wandb_id", "write_run_record"]
 
 
 def finish_loggers(loggers: Iterable[Any] = (), failed: bool = False, preempted: str | None = None) -> None:
@@ -117,6 +117,7 @@ def run_wandb_id(out_dir: str | os.PathLike) -> str:
 
 
 STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"  # the numbers of a finished run (bapose-train, bapose-eval)
 
 
 def _now() -> str:
