@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -42,16 +43,21 @@ class RecordDraws(L.Callback):
 
 
 class StepFile(L.Callback):
-    """Writes the global step to ``path`` after every training batch (a test outside the job watches it)."""
+    """Writes the global step to ``path`` after every training batch (a test outside the job watches it); after
+    step ``slow_after`` each batch takes ``slow_s`` seconds longer, so the watcher acts before the run goes on (a
+    tiny run on an idle machine finishes an epoch in well under a second)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, slow_after: int | None = None, slow_s: float = 0.0) -> None:
         self.path = Path(path)
+        self.slow_after, self.slow_s = slow_after, float(slow_s)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.is_global_zero:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(str(trainer.global_step))
             os.replace(tmp, self.path)
+        if self.slow_after is not None and trainer.global_step > self.slow_after:
+            time.sleep(self.slow_s)
 
 
 def _from_logged_metric_sync() -> bool:

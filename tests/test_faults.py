@@ -575,8 +575,10 @@ def test_slurm_requeue_signal_saves_hpc_checkpoint_requeues_and_the_requeued_job
     # last.ckpt only at epoch ends here: the hpc checkpoint is the most recent state when the signal comes mid-epoch
     # (the test watches the global step through a spy callback: the signal goes in strictly after the epoch end)
     steps = tmp_path / "steps.txt"
+    # the second epoch slowed down (0.4 s a step): the kill below comes before that epoch's end writes last.ckpt
     cmd = [str(TRAIN_CLI), *[o for o in SHRUNK_DEMO if not o.startswith("callbacks.last_checkpoint")],
-           "+callbacks.steps._target_=ddp_spies.StepFile", f"+callbacks.steps.path={steps}"]
+           "+callbacks.steps._target_=ddp_spies.StepFile", f"+callbacks.steps.path={steps}",
+           f"+callbacks.steps.slow_after={STEPS_PER_EPOCH}", "+callbacks.steps.slow_s=0.4"]
     runs = tmp_path / "outputs" / "train" / "runs"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
